@@ -1,0 +1,4 @@
+"""Training: the deepcens Trainer, training loops, schedules, checkpoints and hooks."""
+from deepcens.engine.checkpoint import DeepcensCheckpointer  # noqa: F401
+from deepcens.engine.loops import TRAIN_LOOP_REGISTRY, build_train_loop  # noqa: F401
+from deepcens.engine.trainer import Trainer  # noqa: F401

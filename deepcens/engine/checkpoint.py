@@ -1,0 +1,67 @@
+"""Checkpoints written atomically and loaded safely.
+
+detectron2's checkpointer writes ``model_XXXX.pth`` and ``last_checkpoint`` in place, so a
+crash while saving leaves a truncated file that ``--resume`` then trips over. Here both are
+written to a temporary file in the same folder and renamed. Files load with
+``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is refused unless
+``ALLOW_UNSAFE_CHECKPOINTS`` is set.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+from deepcens.errors import DeepcensInputError
+from deepcens.utils.atomic import atomic_write
+
+
+class DeepcensCheckpointer(DetectionCheckpointer):
+    """A ``DetectionCheckpointer`` with atomic saves and weights-only loading."""
+
+    def __init__(self, model, save_dir: str = "", *, allow_unsafe: bool = False, **kwargs: Any):
+        super().__init__(model, save_dir, **kwargs)
+        self.allow_unsafe = allow_unsafe
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        with atomic_write(save_file, "wb") as handle:
+            torch.save(data, handle)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        with atomic_write(os.path.join(self.save_dir, "last_checkpoint"), "w") as handle:
+            handle.write(last_filename_basename)
+
+    def _torch_load(self, filename: str) -> Any:
+        try:
+            return torch.load(filename, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if not self.allow_unsafe:
+                raise DeepcensInputError(
+                    filename,
+                    "checkpoint needs arbitrary unpickling, which can run code; load it only if you "
+                    "trust it, with ALLOW_UNSAFE_CHECKPOINTS True "
+                    f"({str(exc).splitlines()[0]})") from None
+            self.logger.warning(f"Loading {filename} with full unpickling (ALLOW_UNSAFE_CHECKPOINTS)")
+            return torch.load(filename, map_location="cpu", weights_only=False)
+        except (RuntimeError, EOFError, OSError) as exc:
+            raise DeepcensInputError(filename, f"cannot read checkpoint ({exc})") from None
+
+    def _load_file(self, filename: str) -> dict:
+        if filename.endswith((".pkl", ".pyth")) and not self.allow_unsafe:
+            raise DeepcensInputError(
+                filename, "pickle checkpoints (.pkl/.pyth) need arbitrary unpickling; convert to a "
+                ".pth state_dict or set ALLOW_UNSAFE_CHECKPOINTS True if you trust the file")
+        return super()._load_file(filename)
