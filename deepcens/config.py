@@ -1,0 +1,113 @@
+"""``add_deepcens_config``: every config key deepcens adds to detectron2's defaults.
+
+Each key has a default and a one-line comment. Sections follow the package layout; a new
+method adds its keys to its own section.
+"""
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+
+def add_deepcens_config(cfg: CN) -> None:
+    """Declare deepcens' config keys (with defaults) on a detectron2 config, in place."""
+    _add_input_config(cfg)
+    _add_data_config(cfg)
+    _add_resnest_config(cfg)
+    _add_anchor_config(cfg)
+    _add_dense_config(cfg)
+    _add_solver_config(cfg)
+    _add_evaluation_config(cfg)
+    _add_reliability_config(cfg)
+    _add_output_config(cfg)
+
+
+def _add_input_config(cfg: CN) -> None:
+    # ---- input / mapper ----------------------------------------------------------------------
+    cfg.INPUT.MAPPER = "InstanceDatasetMapper"  # name in deepcens MAPPER_REGISTRY used for training
+    cfg.INPUT.INTENSITY_MODE = "dtype"  # how raw pixels become 0..255 floats: dtype | minmax | percentile
+    cfg.INPUT.INTENSITY_PERCENTILES = (1.0, 99.8)  # low/high percentiles for INTENSITY_MODE=percentile
+    cfg.INPUT.RESIZE_EXACT = ()  # (H, W) every image is resized to, e.g. (1024, 1024) as DeepCeNS; empty = use MIN_SIZE_*
+    cfg.INPUT.RANDOM_FLIP_VERTICAL = False  # also flip vertically at random in training
+
+
+def _add_data_config(cfg: CN) -> None:
+    # ---- datasets ----------------------------------------------------------------------------
+    cfg.DATASETS.ROOT = "datasets"  # folder that holds EVICAN/, CTC/ and synthetic data
+    cfg.DATASETS.AUTO_SYNTHETIC = False  # generate the synthetic EVICAN-shaped set under ROOT if it is missing
+    cfg.DATASETS.SYNTHETIC = CN()
+    cfg.DATASETS.SYNTHETIC.SEED = 0  # generator seed: same seed, same bytes
+    cfg.DATASETS.SYNTHETIC.IMAGES = (24, 8, 8)  # number of train / val / eval-per-difficulty images
+    cfg.DATASETS.SYNTHETIC.SIZE = 128  # synthetic image side in pixels
+    cfg.DATASETS.BAD_INPUT_POLICY = "fail"  # training data that cannot be read: fail | skip (counted, warned at the end)
+    cfg.DATASETS.VAL = ()  # datasets for periodic validation loss / AP during training
+    cfg.DATALOADER.DETERMINISTIC = True  # seed the sampler and workers so a resumed run sees the same data order
+
+
+def _add_resnest_config(cfg: CN) -> None:
+    # ---- ResNeSt (+DCN) backbone -------------------------------------------------------------
+    cfg.MODEL.RESNEST = CN()
+    cfg.MODEL.RESNEST.DEPTH = 200  # 50 | 101 | 200 | 269 | 0 (tiny test trunk: one block per stage)
+    cfg.MODEL.RESNEST.RADIX = 2  # split-attention radix
+    cfg.MODEL.RESNEST.CARDINALITY = 1  # groups of the split-attention 3x3 conv
+    cfg.MODEL.RESNEST.BOTTLENECK_WIDTH = 64  # bottleneck width per group
+    cfg.MODEL.RESNEST.STEM_WIDTH = 64  # deep-stem width (the stem outputs 2x this)
+    cfg.MODEL.RESNEST.DEEP_STEM = True  # three 3x3 convs instead of one 7x7
+    cfg.MODEL.RESNEST.AVG_DOWN = True  # average-pool shortcut downsampling
+    cfg.MODEL.RESNEST.AVD = True  # average pooling in the block instead of strided conv
+    cfg.MODEL.RESNEST.AVD_FIRST = False  # pool before (True) or after (False) the 3x3 conv
+    cfg.MODEL.RESNEST.NORM = "BN"  # BN | SyncBN | naiveSyncBN | GN | FrozenBN
+    cfg.MODEL.RESNEST.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # stages returned to FPN
+    cfg.MODEL.RESNEST.FREEZE_AT = 0  # 0 = train all; 1 = freeze stem; k = freeze stem and res2..res_k
+    cfg.MODEL.RESNEST.DEFORM_ON_PER_STAGE = [False, True, True, True]  # DCN in res2..res5 3x3 convs
+    cfg.MODEL.RESNEST.DEFORM_MODULATED = True  # DCN v2 (modulated) instead of v1
+    cfg.MODEL.RESNEST.DEFORM_NUM_GROUPS = 1  # offset groups of the deformable conv
+    cfg.MODEL.RESNEST.PRETRAINED = ""  # local path / URL of a resnest ImageNet state_dict for the trunk only
+
+
+def _add_anchor_config(cfg: CN) -> None:
+    # ---- small anchors -----------------------------------------------------------------------
+    cfg.MODEL.ANCHOR_GENERATOR.FLAT_SIZES = []  # paper-style flat anchor size list, spread over FPN levels by FlatSizesAnchorGenerator
+
+
+def _add_dense_config(cfg: CN) -> None:
+    # ---- dense-prediction methods (U-Nets) ---------------------------------------------------
+    cfg.MODEL.DENSE = CN()
+    cfg.MODEL.DENSE.NETWORK = "XBNet"  # name in DENSE_NETWORK_REGISTRY
+    cfg.MODEL.DENSE.NUM_OUTPUTS = 3  # output channels of the network (3 = background/boundary/cell)
+    cfg.MODEL.DENSE.TARGET = "tertiary"  # name in TARGET_REGISTRY: how label images become training targets
+    cfg.MODEL.DENSE.LOSS = "xbnet"  # name in DENSE_LOSS_REGISTRY
+    cfg.MODEL.DENSE.DECODER = "tertiary"  # name in DECODER_REGISTRY: network output -> Instances
+    cfg.MODEL.DENSE.INPUT_CHANNELS = 1  # image channels the network takes (grayscale microscopy = 1)
+    cfg.MODEL.DENSE.SIZE_DIVISIBILITY = 32  # inputs are padded to a multiple of this
+    cfg.MODEL.DENSE.SLIDING_WINDOW = 0  # tile side for sliding-window inference; 0 = whole image
+    cfg.MODEL.DENSE.SLIDING_OVERLAP = 0.25  # overlap between sliding-window tiles (fraction of the tile)
+
+
+def _add_solver_config(cfg: CN) -> None:
+    # ---- solver / schedule -------------------------------------------------------------------
+    cfg.SOLVER.OPTIMIZER = "SGD"  # SGD | AdamW
+    cfg.SOLVER.TRAIN_SCHEME = "single"  # training loop in TRAIN_LOOP_REGISTRY (single | Mix | Seq | Fix | Shu | Cho | Acc)
+    cfg.SOLVER.BEST_CHECKPOINT_METRIC = ""  # e.g. "segm/AP": keep model_best.pth by this validation metric; "" = off
+    cfg.SOLVER.BEST_CHECKPOINT_MODE = "max"  # max | min for BEST_CHECKPOINT_METRIC
+    cfg.SOLVER.VAL_LOSS_PERIOD = 0  # iterations between validation-loss passes over DATASETS.VAL (0 = off)
+
+
+def _add_evaluation_config(cfg: CN) -> None:
+    # ---- evaluation --------------------------------------------------------------------------
+    cfg.TEST.EVALUATOR = "CellEvaluator"  # evaluator class used by tools/train_net.py
+    cfg.TEST.DETECTIONS_PER_IMAGE = 500  # COCO maxDets and model cap: cell images hold hundreds of objects
+    cfg.TEST.CTC_METRICS = True  # also compute CTC SEG / DET / OP_CSB from rendered label images
+    cfg.TEST.COCO_BACKEND = "faster_coco_eval"  # faster_coco_eval | pycocotools
+    cfg.TEST.MASK_THRESHOLD = 0.5  # probability at which soft masks become binary
+
+
+def _add_reliability_config(cfg: CN) -> None:
+    # ---- reliability -------------------------------------------------------------------------
+    cfg.SOLVER.STOP_ON_NONFINITE_LOSS = True  # stop with a clear message on NaN/inf loss
+    cfg.ALLOW_UNSAFE_CHECKPOINTS = False  # allow checkpoints that need arbitrary unpickling (torch.load weights_only=False)
+    cfg.DIST_TIMEOUT_SECONDS = 300  # a rank waiting longer than this on a dead peer exits with an error
+
+
+def _add_output_config(cfg: CN) -> None:
+    # ---- outputs -----------------------------------------------------------------------------
+    cfg.OUTPUT_OVERLAYS = 4  # prediction overlay PNGs written after evaluation in train_net

@@ -1,0 +1,17 @@
+"""Errors that tools turn into one-line messages instead of tracebacks."""
+from __future__ import annotations
+
+import os
+
+
+class DeepcensInputError(ValueError):
+    """Bad input data: a file that cannot be read or holds something unusable.
+
+    The message always names the file and the problem, e.g.
+    ``datasets/x/img.tif: truncated TIFF (cannot decode)``.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, problem: str):
+        self.path = None if path is None else os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)

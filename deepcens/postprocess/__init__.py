@@ -1,0 +1,6 @@
+"""Adapters: every method's raw output becomes detectron2 ``Instances`` here (one place)."""
+from deepcens.postprocess.instances import (  # noqa: F401
+    instances_to_label_image,
+    label_image_to_annotations,
+    label_image_to_instances,
+)
