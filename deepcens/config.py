@@ -50,7 +50,7 @@ def _add_resnest_config(cfg: CN) -> None:
     cfg.MODEL.RESNEST.RADIX = 2  # split-attention radix
     cfg.MODEL.RESNEST.CARDINALITY = 1  # groups of the split-attention 3x3 conv
     cfg.MODEL.RESNEST.BOTTLENECK_WIDTH = 64  # bottleneck width per group
-    cfg.MODEL.RESNEST.STEM_WIDTH = 64  # deep-stem width (the stem outputs 2x this)
+    cfg.MODEL.RESNEST.STEM_WIDTH = 0  # deep-stem width (stem outputs 2x); 0 = as resnest: 32 for DEPTH 50, 64 for 101/200/269, 16 tiny
     cfg.MODEL.RESNEST.DEEP_STEM = True  # three 3x3 convs instead of one 7x7
     cfg.MODEL.RESNEST.AVG_DOWN = True  # average-pool shortcut downsampling
     cfg.MODEL.RESNEST.AVD = True  # average pooling in the block instead of strided conv
