@@ -81,6 +81,13 @@ def _add_dense_config(cfg: CN) -> None:
     cfg.MODEL.DENSE.SIZE_DIVISIBILITY = 32  # inputs are padded to a multiple of this
     cfg.MODEL.DENSE.SLIDING_WINDOW = 0  # tile side for sliding-window inference; 0 = whole image
     cfg.MODEL.DENSE.SLIDING_OVERLAP = 0.25  # overlap between sliding-window tiles (fraction of the tile)
+    # tertiary target (XB-Net Algorithm 1) and its decoder
+    cfg.MODEL.DENSE.TARGET_DILATION = 2  # dilation iterations making the cell-background boundary (paper: 2 in 2D, 5 for 3D slices; CTC dicts carry their own)
+    cfg.MODEL.DENSE.TARGET_EROSION = 2  # erosion iterations / window half-size making cell-cell boundaries (paper: 2)
+    cfg.MODEL.DENSE.MIN_OBJECT_SIZE = 20  # decoder: connected components smaller than this (pixels) are dropped
+    cfg.MODEL.DENSE.MAX_HOLE_SIZE = 20  # decoder: holes up to this area (pixels) inside a component are filled
+    cfg.MODEL.DENSE.GROW_INTO_BOUNDARY = 0  # decoder: grow components into boundary-class pixels by up to this many pixels (0 = off, paper)
+    cfg.MODEL.DENSE.POSTPROCESS_PER_DATASET = []  # decoder overrides, "dataset:min_size:max_hole" strings (dataset = registered name or ctc_dataset)
 
 
 def _add_solver_config(cfg: CN) -> None:
@@ -99,6 +106,7 @@ def _add_evaluation_config(cfg: CN) -> None:
     cfg.TEST.CTC_METRICS = True  # also compute CTC SEG / DET / OP_CSB from rendered label images
     cfg.TEST.COCO_BACKEND = "faster_coco_eval"  # faster_coco_eval | pycocotools
     cfg.TEST.MASK_THRESHOLD = 0.5  # probability at which soft masks become binary
+    cfg.TEST.CTC_SCORE_THRESHOLD = 0.5  # instances scoring below this are left out of the label images scored by CTC SEG/DET
 
 
 def _add_reliability_config(cfg: CN) -> None:
@@ -111,3 +119,4 @@ def _add_reliability_config(cfg: CN) -> None:
 def _add_output_config(cfg: CN) -> None:
     # ---- outputs -----------------------------------------------------------------------------
     cfg.OUTPUT_OVERLAYS = 4  # prediction overlay PNGs written after evaluation in train_net
+    cfg.CONSOLE = "full"  # full: detectron2's console log | progress: progress bar and final table (full log in OUTPUT_DIR/log.txt)

@@ -33,3 +33,40 @@ def load_config(config_file: str, opts: list[str] | None = None, freeze: bool = 
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def prepare_datasets(cfg: CfgNode) -> None:
+    """Register the datasets under ``cfg.DATASETS.ROOT``; make the synthetic set on first use.
+
+    Generation runs on the main process only (other ranks wait), so ``launch`` with several
+    processes writes the files once.
+    """
+    from detectron2.utils import comm
+
+    from deepcens.data import evican
+
+    root = cfg.DATASETS.ROOT
+    synthetic_root = os.path.join(root, "synthetic")
+    if cfg.DATASETS.AUTO_SYNTHETIC:
+        marker = os.path.join(synthetic_root, "evican", "annotations", "instances_train2019.json")
+        if comm.is_main_process() and not os.path.isfile(marker):
+            from deepcens.data.synthetic import make_synthetic
+
+            num_train, num_val, num_eval = cfg.DATASETS.SYNTHETIC.IMAGES
+            logger.warning(f"Generating the synthetic cell data set under {synthetic_root} (first use)")
+            make_synthetic(synthetic_root, seed=cfg.DATASETS.SYNTHETIC.SEED, num_train=num_train,
+                           num_val=num_val, num_eval=num_eval, size=cfg.DATASETS.SYNTHETIC.SIZE)
+        comm.synchronize()
+    evican.register_evican("evican", os.path.join(root, "EVICAN"))
+    evican.register_evican("synthetic_evican", os.path.join(synthetic_root, "evican"))
+
+
+def quiet_console() -> None:
+    """Keep only warnings on the console (the full log stays in ``OUTPUT_DIR/log.txt``)."""
+    import sys
+
+    for name in ("detectron2", "fvcore", "deepcens", "d2"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (
+                    sys.stdout, sys.stderr):
+                handler.setLevel(logging.WARNING)

@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Train and evaluate any deepcens method (R-CNN or U-Net) with detectron2's launcher.
+
+    tools/train_net.py --config-file configs/evican_cell_nucleus.yaml --num-gpus 4
+    tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+    tools/train_net.py --config-file CFG --num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT
+
+With no GPU, ``--num-gpus N`` starts N CPU processes on gloo.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import sys
+
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+
+from deepcens.engine.checkpoint import DeepcensCheckpointer
+from deepcens.engine.outputs import finish_run
+from deepcens.engine.progress import ProgressBarHook
+from deepcens.engine.setup import load_config, prepare_datasets, quiet_console
+from deepcens.engine.trainer import Trainer
+from deepcens.errors import DeepcensInputError
+
+logger = logging.getLogger("deepcens")
+
+
+def setup(args):
+    """Config from file + options, logging, dataset registration (and synthetic data on first use)."""
+    cfg = load_config(args.config_file, args.opts, freeze=False)
+    cfg.freeze()
+    default_setup(cfg, args)
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="deepcens")
+    if cfg.CONSOLE == "progress":
+        quiet_console()
+    prepare_datasets(cfg)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DeepcensCheckpointer(model, cfg.OUTPUT_DIR, allow_unsafe=cfg.ALLOW_UNSAFE_CHECKPOINTS).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+    else:
+        trainer = Trainer(cfg)
+        if cfg.CONSOLE == "progress":
+            trainer.register_hooks([ProgressBarHook(cfg.SOLVER.MAX_ITER)])
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+        if len(cfg.DATASETS.VAL) or not results:
+            results = Trainer.test(cfg, trainer.model)
+        model = trainer.model
+    summary = finish_run(cfg, model, results)
+    if summary:
+        print(summary, flush=True)
+        print(f"outputs in {os.path.abspath(cfg.OUTPUT_DIR)}", flush=True)
+    return results
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = default_argument_parser().parse_args(argv)
+    try:
+        timeout_seconds = load_config(args.config_file, args.opts).DIST_TIMEOUT_SECONDS
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,), timeout=datetime.timedelta(seconds=timeout_seconds))
+    except DeepcensInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
