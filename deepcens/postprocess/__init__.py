@@ -4,3 +4,4 @@ from deepcens.postprocess.instances import (  # noqa: F401
     label_image_to_annotations,
     label_image_to_instances,
 )
+from deepcens.postprocess import decoders  # noqa: F401  (DECODER_REGISTRY)

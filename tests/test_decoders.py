@@ -1,0 +1,132 @@
+"""Tertiary decoder: scores -> Instances, thresholds per dataset, round trip through the target."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.structures import Instances
+
+from deepcens import add_deepcens_config
+from deepcens.data.targets import tertiary_target
+from deepcens.postprocess.decoders import (
+    DECODER_REGISTRY,
+    build_decoder,
+    decode_tertiary,
+    parse_postprocess_overrides,
+    tertiary_labels,
+)
+
+
+def one_hot(target: np.ndarray, confidence: float = 0.8) -> torch.Tensor:
+    """Soft scores whose argmax is ``target`` (classes 0/1/2)."""
+    rest = (1.0 - confidence) / 2.0
+    scores = np.full((3,) + target.shape, rest, np.float32)
+    for c in range(3):
+        scores[c][target == c] = confidence
+    return torch.from_numpy(scores)
+
+
+def two_cells_target() -> np.ndarray:
+    target = np.zeros((30, 40), np.uint8)
+    target[4:14, 4:16] = 2
+    target[4:14, 16:18] = 1  # boundary band between the two cells
+    target[4:14, 18:30] = 2
+    target[20:22, 35:37] = 2  # 4-pixel speck
+    target[8:10, 8:10] = 0  # 4-pixel hole in the first cell
+    return target
+
+
+def test_components_sizes_holes_and_scores():
+    probabilities = one_hot(two_cells_target())
+    probabilities[2, 4:14, 18:30] = 0.9
+    probabilities[0, 4:14, 18:30] = 0.05
+    probabilities[1, 4:14, 18:30] = 0.05
+    raw = decode_tertiary(probabilities)
+    assert isinstance(raw, Instances) and len(raw) == 3 and raw.image_size == (30, 40)
+    cleaned = decode_tertiary(probabilities, min_object_size=5, max_hole_size=4)
+    assert len(cleaned) == 2
+    areas = sorted(cleaned.pred_masks.sum((1, 2)).tolist())
+    assert areas == [120, 120]  # the speck is gone, the 4-pixel hole filled
+    assert not decode_tertiary(probabilities, 5, 3).pred_masks[0, 8, 8]  # 3 < hole area: not filled
+    assert cleaned.pred_masks.dtype == torch.bool and cleaned.pred_classes.tolist() == [0, 0]
+    assert sorted(cleaned.scores.tolist()) == pytest.approx([(116 * 0.8 + 4 * 0.1) / 120, 0.9])  # filled hole counts
+    assert cleaned.pred_boxes.tensor[0].tolist() == [4.0, 4.0, 16.0, 14.0]
+
+
+def test_ties_are_not_cells_and_bad_shape_is_refused():
+    scores = torch.full((3, 6, 6), 1.0 / 3.0)
+    assert len(decode_tertiary(scores)) == 0
+    with pytest.raises(ValueError):
+        decode_tertiary(torch.zeros(2, 6, 6))
+
+
+def _best_jaccard(seg: np.ndarray, labels: np.ndarray, gt_id: int) -> float:
+    gt = seg == gt_id
+    candidates = np.unique(labels[gt])
+    candidates = candidates[candidates > 0]
+    return max(((gt & (labels == c)).sum() / (gt | (labels == c)).sum() for c in candidates), default=0.0)
+
+
+def _touching_cells(shape=(120, 120), count=30, radius=12.0, seed=1) -> np.ndarray:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    seeds = np.zeros(shape, np.int32)
+    seeds[rng.integers(0, shape[0], count), rng.integers(0, shape[1], count)] = np.arange(1, count + 1)
+    distance, indices = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    labels = seeds[tuple(indices)]
+    labels[distance > radius] = 0
+    return labels
+
+
+def test_grow_into_boundary_gives_back_contact_bands_only(shared_data):
+    import tifffile
+
+    touching = _touching_cells()
+    target = tertiary_target(touching, 2, 2)
+    plain = tertiary_labels(one_hot(target))
+    grown = tertiary_labels(one_hot(target), grow_into_boundary=2)
+    ids = [i for i in np.unique(touching)[1:] if (touching == i).sum() > 100]
+    assert len(ids) >= 10
+    plain_j = np.mean([_best_jaccard(touching, plain, i) for i in ids])
+    grown_j = np.mean([_best_jaccard(touching, grown, i) for i in ids])
+    assert grown_j > plain_j + 0.05 and grown_j > 0.9
+    assert len(np.unique(grown)) == len(np.unique(plain))  # growing never creates or merges objects
+    # isolated real nuclei: the outer boundary ring is not taken
+    seg = tifffile.imread(shared_data / "ctc" / "Fluo-N2DH-SIM+" / "01_GT" / "SEG" / "man_seg030.tif").astype(np.int32)
+    seg = seg[:256, :256]
+    one = one_hot(tertiary_target(seg, 2, 2))
+    real_ids = [i for i in np.unique(seg)[1:] if (seg == i).sum() > 200]
+    assert len(real_ids) >= 3
+    for labels in (tertiary_labels(one), tertiary_labels(one, grow_into_boundary=2)):
+        assert np.mean([_best_jaccard(seg, labels, i) for i in real_ids]) > 0.99
+
+
+def test_volumes_are_cleaned_per_plane_and_labelled_in_3d():
+    target = np.zeros((3, 12, 12), np.uint8)
+    target[:, 2:6, 2:6] = 2
+    target[1, 8:10, 8:10] = 2  # small in its plane
+    labels = tertiary_labels(one_hot(target), min_object_size=5)
+    assert labels.shape == (3, 12, 12) and set(np.unique(labels)) == {0, 1}
+
+
+def test_overrides_parse_and_select_by_dataset_or_ctc_name():
+    assert parse_postprocess_overrides(["Fluo-N2DH-SIM+:30:50", "a:b:1:2"]) == {"Fluo-N2DH-SIM+": (30, 50), "a:b": (1, 2)}
+    for bad in (["x:1"], ["x:a:1"], [":1:2"], ["x:-1:2"]):
+        with pytest.raises(ValueError):
+            parse_postprocess_overrides(bad)
+    cfg = get_cfg()
+    add_deepcens_config(cfg)
+    cfg.MODEL.DENSE.MIN_OBJECT_SIZE = 1
+    cfg.MODEL.DENSE.MAX_HOLE_SIZE = 0
+    cfg.MODEL.DENSE.POSTPROCESS_PER_DATASET = ["Fake-CTC:5:4", "t_decoder_named:200:0"]
+    MetadataCatalog.get("t_decoder_ctc").set(ctc_dataset="Fake-CTC")
+    decode = build_decoder(cfg)
+    assert DECODER_REGISTRY.get("tertiary") is not None
+    probabilities = one_hot(two_cells_target())
+    assert len(decode(probabilities, None)) == 3
+    assert len(decode(probabilities, "t_decoder_ctc")) == 2  # matched through metadata ctc_dataset
+    assert len(decode(probabilities, "t_decoder_named")) == 0  # matched on the registered name
+    assert len(decode(probabilities, "unknown_dataset")) == 3
