@@ -278,3 +278,45 @@ def test_group_norm_attention_path_is_not_degenerate():
     attention_norm = trunk.res2[0].conv2.bn1
     assert isinstance(attention_norm, nn.GroupNorm) and attention_norm.num_groups == 1
     assert trunk.res2[0].conv2.bn0.num_groups == 32  # the feature-map norms keep GN(32)
+
+
+def _to_detectron2_resnest_names(key: str) -> str:
+    """This trunk's key in the naming of detectron2-ResNeSt checkpoints (the inverse mapping)."""
+    import re
+
+    for pattern, repl in (
+        (r"stem\.conv1\.0\.weight", "stem.conv1_1.weight"), (r"stem\.conv1\.1\.", "stem.conv1_1.norm."),
+        (r"stem\.conv1\.3\.weight", "stem.conv1_2.weight"), (r"stem\.conv1\.4\.", "stem.conv1_2.norm."),
+        (r"stem\.conv1\.6\.weight", "stem.conv1_3.weight"), (r"stem\.bn1\.", "stem.conv1_3.norm."),
+        (r"(res\d\.\d+)\.bn1\.", r"\1.conv1.norm."), (r"(res\d\.\d+)\.bn3\.", r"\1.conv3.norm."),
+        (r"(res\d\.\d+)\.downsample\.1\.weight", r"\1.shortcut.weight"),
+        (r"(res\d\.\d+)\.downsample\.2\.", r"\1.shortcut.norm."),
+        (r"(res\d\.\d+)\.conv2\.conv\.conv_offset\.", r"\1.conv2_offset."),
+    ):
+        new, n = re.subn("^" + pattern, repl, key)
+        if n:
+            return new
+    return key
+
+
+def test_detectron2_resnest_checkpoint_loads_through_model_weights(tmp_path):
+    cfg = _cfg(depth=0)
+    torch.manual_seed(5)
+    source = build_backbone(cfg)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    renamed = {("bottom_up." + _to_detectron2_resnest_names(k[len("bottom_up."):]) if k.startswith("bottom_up.") else k): v
+               for k, v in source.state_dict().items()}
+    assert "bottom_up.stem.conv1_3.norm.running_var" in renamed
+    assert "bottom_up.res3.0.conv2_offset.weight" in renamed
+    assert "bottom_up.res3.0.shortcut.norm.weight" in renamed
+    torch.save({"model": renamed}, tmp_path / "d2_resnest.pth")
+    torch.manual_seed(6)
+    target = build_backbone(cfg)
+    DetectionCheckpointer(target).load(str(tmp_path / "d2_resnest.pth"))
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    # strict loading of the renamed dict works too: every old key found its place
+    fresh = build_backbone(cfg)
+    fresh.load_state_dict(dict(renamed), strict=True)

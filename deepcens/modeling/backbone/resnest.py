@@ -33,7 +33,7 @@ from deepcens.modeling.backbone.deform import SelfOffsetDeformConv2d
 
 __all__ = [
     "ResNeStStem", "ResNeSt", "build_resnest_backbone", "build_resnest_fpn_backbone",
-    "load_resnest_pretrained", "WeightLoadReport", "RESNEST_BLOCKS",
+    "load_resnest_pretrained", "WeightLoadReport", "RESNEST_BLOCKS", "detectron2_resnest_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -169,8 +169,12 @@ class ResNeSt(Backbone):
         if unknown:
             raise ValueError(f"unknown ResNeSt out_features {unknown}; choose from {list(self._out_feature_strides)}")
         self._out_features = list(out_features)
+        self._avg_down = avg_down
         self._init_weights()
         self.freeze(freeze_at)
+        # checkpoints of detectron2-ResNeSt (the ResNeSt authors' detectron2 port, whose COCO
+        # Cascade R-CNN models DeepCeNS fine-tunes) load through MODEL.WEIGHTS unchanged
+        self.register_load_state_dict_pre_hook(_rename_detectron2_resnest_keys)
 
     @staticmethod
     def _shortcut(inplanes: int, out_channels: int, stride: int, avg_down: bool,
@@ -220,6 +224,49 @@ class ResNeSt(Backbone):
             if name in self._out_features:
                 outputs[name] = x
         return outputs
+
+
+_D2_STEM = {"conv1_1.weight": "conv1.0.weight", "conv1_2.weight": "conv1.3.weight",
+            "conv1_3.weight": "conv1.6.weight", "conv1_1.norm.": "conv1.1.", "conv1_2.norm.": "conv1.4.",
+            "conv1_3.norm.": "bn1.", "conv1.norm.": "bn1."}
+
+
+def detectron2_resnest_key(key: str, avg_down: bool = True) -> str:
+    """Map a trunk key of detectron2-ResNeSt (``stem.conv1_1.norm.*``, ``res3.0.conv1.norm.*``,
+    ``res3.0.shortcut.*``, ``res3.0.conv2_offset.*``) to this trunk's name; other keys unchanged."""
+    head, _, rest = key.partition(".")
+    if head == "stem":
+        for old, new in _D2_STEM.items():
+            if rest.startswith(old):
+                return f"stem.{new}{rest[len(old):]}"
+        return key
+    if not (head.startswith("res") and head[3:].isdigit()):
+        return key
+    index, _, name = rest.partition(".")
+    shortcut = ("downsample.1.", "downsample.2.") if avg_down else ("downsample.0.", "downsample.1.")
+    renames = (("conv1.norm.", "bn1."), ("conv2.norm.", "bn2."), ("conv3.norm.", "bn3."),
+               ("shortcut.norm.", shortcut[1]), ("shortcut.weight", shortcut[0] + "weight"),
+               ("conv2_offset.", "conv2.conv.conv_offset."))
+    for old, new in renames:
+        if name.startswith(old):
+            return f"{head}.{index}.{new}{name[len(old):]}"
+    return key
+
+
+def _rename_detectron2_resnest_keys(module: "ResNeSt", state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: rename detectron2-ResNeSt trunk keys under ``prefix`` in place."""
+    own = module.state_dict(keep_vars=True).keys()
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        local = key[len(prefix):]
+        if local in own:
+            continue
+        new = detectron2_resnest_key(local, module._avg_down)
+        if new == local:
+            continue
+        if new not in own and new.replace("conv2.conv.conv_offset.", "conv2.conv_offset.") in own:
+            new = new.replace("conv2.conv.conv_offset.", "conv2.conv_offset.")  # radix 0 blocks
+        if new in own and prefix + new not in state_dict:
+            state_dict[prefix + new] = state_dict.pop(key)
 
 
 def _stem_width(cfg: CfgNode) -> int:
