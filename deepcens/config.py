@@ -67,6 +67,7 @@ def _add_resnest_config(cfg: CN) -> None:
 def _add_anchor_config(cfg: CN) -> None:
     # ---- small anchors -----------------------------------------------------------------------
     cfg.MODEL.ANCHOR_GENERATOR.FLAT_SIZES = []  # paper-style flat anchor size list, spread over FPN levels by FlatSizesAnchorGenerator
+    cfg.MODEL.ANCHOR_GENERATOR.FLAT_SIZES_MAPPING = "all_levels"  # all_levels: every size on every level | split: ceil(n/L) consecutive sizes per level (docs/anchors.md)
 
 
 def _add_dense_config(cfg: CN) -> None:

@@ -1,2 +1,3 @@
 """Datasets, pixel IO, mappers."""
 from deepcens.data import io, mappers  # noqa: F401
+from deepcens.data import evican  # noqa: F401  (registers evican_* / synthetic_evican_* datasets)
