@@ -130,3 +130,36 @@ def test_overrides_parse_and_select_by_dataset_or_ctc_name():
     assert len(decode(probabilities, "t_decoder_ctc")) == 2  # matched through metadata ctc_dataset
     assert len(decode(probabilities, "t_decoder_named")) == 0  # matched on the registered name
     assert len(decode(probabilities, "unknown_dataset")) == 3
+
+
+def test_grid_search_tool_picks_thresholds_that_remove_speckles_and_fill_holes(shared_data):
+    import importlib.util
+    from pathlib import Path
+
+    import tifffile
+
+    pytest.importorskip("deepcens.evaluation.ctc_measures")  # helper B's CTC measures
+    path = Path(__file__).resolve().parents[1] / "tools" / "grid_search_postprocess.py"
+    spec = importlib.util.spec_from_file_location("grid_search_postprocess", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rng = np.random.default_rng(0)
+    probabilities, references = [], []
+    for frame in (50, 60):
+        root = shared_data / "ctc" / "Fluo-N2DH-SIM+" / "01_GT"
+        seg = tifffile.imread(root / "SEG" / f"man_seg{frame:03d}.tif").astype(np.int32)[:200, :200]
+        markers = tifffile.imread(root / "TRA" / f"man_track{frame:03d}.tif").astype(np.int32)[:200, :200]
+        target = tertiary_target(seg, 2, 2)
+        noisy = target.copy()
+        noisy[rng.integers(0, 200, 15), rng.integers(0, 200, 15)] = 2  # 1-pixel false cells
+        noisy[(rng.random(target.shape) < 0.01) & (target == 2)] = 0  # pinholes in cells
+        probabilities.append(one_hot(noisy).numpy())
+        references.append((seg, markers))
+    result = tool.grid_search(probabilities, references, [0, 5], [0, 4], [0])
+    assert result["metric"] == "OP_CSB" and len(result["rows"]) == 4
+    best = result["best"]
+    assert (best["min_size"], best["max_hole"]) == (5, 4)
+    worst = next(r for r in result["rows"] if (r["min_size"], r["max_hole"]) == (0, 0))
+    assert best["OP_CSB"] > worst["OP_CSB"] and best["SEG"] > 0.95
+    with pytest.raises(ValueError):
+        tool.grid_search(probabilities, references[:1], [0], [0])

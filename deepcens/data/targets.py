@@ -39,6 +39,47 @@ def _as_labels(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64 if labels.dtype.itemsize > 4 else np.int32, copy=False)
 
 
+def _shifted(ndim: int, axis: int, step: int) -> tuple[tuple, tuple]:
+    """(destination, source) slices moving an array by ``step`` along ``axis``."""
+    dst = [slice(None)] * ndim
+    src = [slice(None)] * ndim
+    if step > 0:
+        dst[axis], src[axis] = slice(step, None), slice(None, -step)
+    else:
+        dst[axis], src[axis] = slice(None, step), slice(-step, None)
+    return tuple(dst), tuple(src)
+
+
+def _cross_dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Binary dilation with the face-connected element, ``iterations`` times (outside = False).
+
+    Same result as ``ndimage.binary_dilation(mask, cross, iterations)``, by shifted ORs
+    (several times faster on large images).
+    """
+    out = mask.copy()
+    for _ in range(iterations):
+        grown = out.copy()
+        for axis in range(mask.ndim):
+            for step in (1, -1):
+                dst, src = _shifted(mask.ndim, axis, step)
+                grown[dst] |= out[src]
+        out = grown
+    return out
+
+
+def _window_extreme(values: np.ndarray, radius: int, reduce) -> np.ndarray:
+    """Max / min (``reduce``) over the ``(2*radius+1)``-wide box clipped to the array; separable."""
+    out = values
+    for axis in range(values.ndim):
+        acc = out.copy()
+        for step in range(1, radius + 1):
+            for signed in (step, -step):
+                dst, src = _shifted(values.ndim, axis, signed)
+                reduce(acc[dst], out[src], out=acc[dst])
+        out = acc
+    return out
+
+
 def _edge_pixels(labels: np.ndarray) -> np.ndarray:
     """Foreground pixels with a face neighbour of another label, or on the array border."""
     fg = labels > 0
@@ -77,13 +118,12 @@ def tertiary_target(labels: np.ndarray, dilation: int = 2, erosion: int = 2) -> 
     labels = _as_labels(labels)
     if dilation < 0 or erosion < 0:
         raise ValueError("dilation and erosion must be >= 0")
-    cross = ndimage.generate_binary_structure(labels.ndim, 1)
     fg = labels > 0
     target = np.zeros(labels.shape, dtype=np.uint8)
     if not fg.any():
         return target
     if dilation > 0:
-        ring = ndimage.binary_dilation(fg, cross, iterations=dilation) & ~fg
+        ring = _cross_dilate(fg, dilation) & ~fg
         target[ring] = BOUNDARY
     target[fg] = CELL
     if erosion == 0:
@@ -93,17 +133,16 @@ def tertiary_target(labels: np.ndarray, dilation: int = 2, erosion: int = 2) -> 
     # L1 distance ``erosion``; the last own-cell pixel on such a path is an edge pixel within
     # ``erosion - 1``, and an edge pixel of another cell within ``erosion - 1`` is itself such
     # a pixel. Plain (unmasked) cross dilations measure exactly that L1 distance.
-    removed = (ndimage.binary_dilation(edge, cross, iterations=erosion - 1) & fg) if erosion > 1 else edge
+    removed = (_cross_dilate(edge, erosion - 1) & fg) if erosion > 1 else edge
     if not removed.any():
         return target
-    size = 2 * erosion + 1
     # Crop to the candidates' bounding box (plus the window) to keep the filters small.
     coords = np.nonzero(removed)
     box = tuple(slice(max(int(c.min()) - erosion, 0), int(c.max()) + erosion + 1) for c in coords)
     sub = labels[box]
     big = np.iinfo(sub.dtype).max
-    window_max = ndimage.maximum_filter(sub, size=size, mode="constant", cval=0)
-    window_min = ndimage.minimum_filter(np.where(sub > 0, sub, big), size=size, mode="constant", cval=big)
+    window_max = _window_extreme(sub, erosion, np.maximum)
+    window_min = _window_extreme(np.where(sub > 0, sub, big), erosion, np.minimum)
     other = (window_max > sub) | (window_min < sub)
     sub_target = target[box]
     sub_target[removed[box] & other] = BOUNDARY
