@@ -24,7 +24,9 @@ SETTINGS = {  # config -> (anchor sizes, classes, dataset setting)
 TINY = [  # small CPU model; everything the test checks stays as in the yaml
     "MODEL.DEVICE", "cpu", "MODEL.RESNEST.DEPTH", "0", "MODEL.RESNEST.NORM", "BN",
     "MODEL.RESNEST.STEM_WIDTH", "8", "MODEL.RESNEST.BOTTLENECK_WIDTH", "8", "MODEL.FPN.OUT_CHANNELS", "16",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_MASK_HEAD.CONV_DIM", "16", "MODEL.ROI_MASK_HEAD.NUM_CONV", "1",
+    "MODEL.FPN.NORM", "", "MODEL.ROI_BOX_HEAD.NORM", "", "MODEL.ROI_MASK_HEAD.NORM", "",  # SyncBN refuses CPU
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_BOX_HEAD.NUM_CONV", "1", "MODEL.ROI_BOX_HEAD.CONV_DIM", "16",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM", "16", "MODEL.ROI_MASK_HEAD.NUM_CONV", "1",
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64",
     "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "256",
 ]
@@ -39,6 +41,8 @@ def test_yaml_values_are_the_papers(name):
     assert m.BACKBONE.NAME == "build_resnest_fpn_backbone"
     assert m.RESNEST.DEPTH == 200 and m.RESNEST.NORM == "SyncBN"
     assert list(m.RESNEST.DEFORM_ON_PER_STAGE) == [False, True, True, True]  # DCN in res3-res5
+    assert m.FPN.NORM == m.ROI_BOX_HEAD.NORM == m.ROI_MASK_HEAD.NORM == "SyncBN"  # as the COCO model
+    assert (m.ROI_BOX_HEAD.NUM_CONV, m.ROI_BOX_HEAD.NUM_FC, m.ROI_MASK_HEAD.NUM_CONV) == (4, 1, 8)
     assert m.ANCHOR_GENERATOR.NAME == "FlatSizesAnchorGenerator"
     assert list(m.ANCHOR_GENERATOR.FLAT_SIZES) == sizes and m.ANCHOR_GENERATOR.FLAT_SIZES_MAPPING == "all_levels"
     assert [list(r) for r in m.ANCHOR_GENERATOR.ASPECT_RATIOS] == [[0.25, 0.5, 1.0, 2.0, 4.0]]
@@ -101,7 +105,8 @@ def test_baseline_is_plain_mask_rcnn_with_default_anchors():
     cfg = load_config(str(CONFIGS / "evican_mask_rcnn_baseline.yaml"),
                       ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
                        "MODEL.RESNETS.NORM", "BN", "MODEL.FPN.OUT_CHANNELS", "16"])
-    assert cfg.MODEL.ROI_HEADS.NAME == "StandardROIHeads"
+    assert cfg.MODEL.ROI_HEADS.NAME == "StandardROIHeads" and cfg.MODEL.FPN.NORM == ""
+    assert (cfg.MODEL.ROI_BOX_HEAD.NUM_CONV, cfg.MODEL.ROI_BOX_HEAD.NUM_FC, cfg.MODEL.ROI_MASK_HEAD.NUM_CONV) == (0, 2, 4)
     assert [list(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES] == [[32], [64], [128], [256], [512]]
     # same data, schedule and input as DeepCeNS setting 3: only the model differs
     deepcens_cfg = load_config(str(CONFIGS / "evican_cell_nucleus.yaml"))
