@@ -245,3 +245,26 @@ def test_synthetic_sequence_registers(tmp_path):
     name = ctc.register_ctc_dataset("t_synthetic_ctc", str(tmp_path / "ctc"), "Synthetic-Cells", None, "GT")
     dicts = DatasetCatalog.get(name)
     assert len(dicts) >= 1 and dicts[0]["height"] == 64 and ctc.read_ctc_labels(dicts[0]).max() > 0
+
+
+def test_unreadable_or_wrong_kind_files_are_reported(tmp_path):
+    make_ctc_tree(tmp_path)
+    tra = tmp_path / "Fake-2D" / "01_GT" / "TRA"
+    (tra / "man_track.txt").write_bytes(b"1 0 5 0\n\xff\xfe 2 5 0\n")
+    with pytest.raises(DeepcensInputError, match="man_track.txt: cannot read track file"):
+        _load(tmp_path)
+    (tra / "man_track.txt").write_text("1 0 5 0\n--2 2 5 0\n")
+    with pytest.raises(DeepcensInputError, match="man_track.txt: line 2"):
+        _load(tmp_path)
+    make_ctc_tree(tmp_path)
+    tifffile.imwrite(tra / "man_track001.tif", np.full((24, 20), 0.5, np.float32))
+    with pytest.raises(DeepcensInputError, match="man_track001.tif: label image must hold integers"):
+        _load(tmp_path)
+    make_ctc_tree(tmp_path)
+    (tmp_path / "Fake-2D" / "01" / "t003.tif").write_bytes(b"not a tiff")
+    with pytest.raises(DeepcensInputError, match="t003.tif: cannot decode TIFF"):
+        _load(tmp_path)
+    make_ctc_tree(tmp_path)
+    tifffile.imwrite(tmp_path / "Fake-2D" / "01" / "t000.tif", np.zeros((24, 20, 3), np.uint8))
+    with pytest.raises(DeepcensInputError, match="t000.tif: expected a grayscale"):
+        _load(tmp_path)

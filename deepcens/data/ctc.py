@@ -45,6 +45,8 @@ _SEG_RE = re.compile(r"^man_seg(\d+)\.tif$")
 _SEG_SLICE_RE = re.compile(r"^man_seg_(\d+)_(\d+)\.tif$")
 _TRA_RE = re.compile(r"^man_track(\d+)\.tif$")
 _SEQ_RE = re.compile(r"^\d+$")
+_INT_RE = re.compile(r"^-?[0-9]+$")
+_BINCOUNT_LIMIT = 1 << 20  # larger label values are compacted before counting
 
 _REGISTERED: dict[str, tuple] = {}
 
@@ -81,6 +83,8 @@ def _tif_shape(path: str) -> tuple[int, ...]:
     shape = tuple(s for s in shape if s != 1) or shape[-2:]
     if len(shape) not in (2, 3):
         raise DeepcensInputError(path, f"expected a 2D image or a 3D stack, got shape {shape}")
+    if len(shape) == 3 and shape[-1] <= 4:
+        raise DeepcensInputError(path, f"expected a grayscale image or stack, got shape {shape} (colour channels?)")
     return shape
 
 
@@ -98,19 +102,33 @@ def _read_tif(path: str) -> np.ndarray:
     return squeezed
 
 
+def _read_label_tif(path: str) -> np.ndarray:
+    """A SEG / TRA label file: non-negative integers."""
+    labels = _read_tif(path)
+    if labels.dtype.kind not in "ui":
+        raise DeepcensInputError(path, f"label image must hold integers, got {labels.dtype}")
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+        raise DeepcensInputError(path, "label image has negative labels")
+    return labels
+
+
 def parse_track_file(path: str) -> np.ndarray:
     """``man_track.txt`` as an ``(n, 4)`` int array of ``L B E P`` rows, checked for sanity."""
     if not os.path.isfile(path):
         raise DeepcensInputError(path, "track file not found")
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 4 or not all(p.lstrip("-").isdigit() for p in parts):
-                raise DeepcensInputError(path, f"line {number}: expected 'L B E P' integers, got {line.strip()!r}")
-            rows.append([int(p) for p in parts])
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeepcensInputError(path, f"cannot read track file ({type(exc).__name__})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 4 or not all(_INT_RE.match(p) for p in parts):
+            raise DeepcensInputError(path, f"line {number}: expected 'L B E P' integers, got {line.strip()[:60]!r}")
+        rows.append([int(p) for p in parts])
     tracks = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
     labels = tracks[:, 0]
     if len(np.unique(labels)) != len(labels):
@@ -129,9 +147,27 @@ def parse_track_file(path: str) -> np.ndarray:
     return tracks
 
 
+def _compact_ids(labels: np.ndarray) -> np.ndarray:
+    """Flat int64 label ids, renumbered consecutively (0 kept) when values are huge."""
+    ids = labels.ravel().astype(np.int64)
+    if ids.size and ids.max() >= _BINCOUNT_LIMIT:
+        values, ids = np.unique(ids, return_inverse=True)
+        ids = ids + (0 if values[0] == 0 else 1)
+    return ids
+
+
+def _present_labels(labels: np.ndarray) -> set[int]:
+    """Non-zero label values present in a label image."""
+    ids = labels.ravel()
+    if ids.size and int(ids.max()) >= _BINCOUNT_LIMIT:
+        values = np.unique(ids)
+        return set(values[values > 0].tolist())
+    return set(np.flatnonzero(np.bincount(ids.astype(np.int64)))[1:].tolist())
+
+
 def _uncovered_markers(seg: np.ndarray, markers: np.ndarray, min_overlap: float = 0.5) -> bool:
     """True when some marker is less than ``min_overlap`` covered by the SEG foreground."""
-    ids = markers.ravel().astype(np.int64)
+    ids = _compact_ids(markers)
     areas = np.bincount(ids)
     covered = np.bincount(ids, weights=(seg.ravel() > 0).astype(np.float64), minlength=len(areas))
     present = areas > 0
@@ -161,10 +197,10 @@ def _validated_tracks(tra_dir: str, num_frames: int, frame_shape: tuple, signatu
     if extra:
         raise DeepcensInputError(files[extra[0]], f"TRA frame {extra[0]} has no image (the sequence has {num_frames} frames)")
     for frame, path in files.items():
-        markers = _read_tif(path)
+        markers = _read_label_tif(path)
         if tuple(markers.shape) != tuple(frame_shape):
             raise DeepcensInputError(path, f"marker image shape {markers.shape} differs from image shape {frame_shape}")
-        present = set(np.flatnonzero(np.bincount(markers.ravel().astype(np.int64)))[1:].tolist())
+        present = _present_labels(markers)
         alive = set(tracks[(tracks[:, 1] <= frame) & (tracks[:, 2] >= frame), 0].tolist())
         if present != alive:
             unlisted = sorted(present - alive)[:5]
@@ -176,7 +212,7 @@ def _validated_tracks(tra_dir: str, num_frames: int, frame_shape: tuple, signatu
                 problem.append(f"tracks {absent} listed alive at frame {frame} have no marker")
             raise DeepcensInputError(path, "track file disagrees with the markers: " + "; ".join(problem))
         for z, seg_path in gt_by_frame.get(frame, ()):
-            seg = _read_tif(seg_path)
+            seg = _read_label_tif(seg_path)
             planes = [(z, markers[z] if z is not None else markers, seg)] if (z is not None or seg.ndim == 2) else \
                 [(plane, markers[plane], seg[plane]) for plane in range(seg.shape[0])]
             for plane, marker_plane, seg_plane in planes:
@@ -342,7 +378,7 @@ def load_ctc_dicts(
                     raise DeepcensInputError(label_path, f"label shape {label_shape} differs from image shape {expected}")
             slices = [z] if z is not None else (list(range(shape[0])) if is_3d else [None])
             for plane in slices:
-                entries.append((frame, plane, label_path, None if z is not None else plane))
+                entries.append((frame, plane, label_path, None if z is not None or label_path is None else plane))
         for frame, plane, label_path, label_slice in entries:
             tra_path = info["tra"].get(frame)
             st_path = info["st"].get((frame, None)) if label_source == "GT" else None
@@ -415,9 +451,7 @@ def read_ctc_image(dataset_dict: dict) -> np.ndarray:
 def _read_label_plane(path: str | None, index: int | None, shape: tuple[int, int]) -> np.ndarray | None:
     if path is None:
         return None
-    labels = _plane(_read_tif(path), index, path)
-    if labels.dtype.kind not in "ui" or (labels.dtype.kind == "i" and labels.min() < 0):
-        raise DeepcensInputError(path, f"label image must hold non-negative integers, got {labels.dtype}")
+    labels = _plane(_read_label_tif(path), index, path)
     if tuple(labels.shape) != tuple(shape):
         raise DeepcensInputError(path, f"label size {labels.shape} differs from image size {shape}")
     return labels.astype(np.int32)

@@ -180,6 +180,9 @@ def sparse_ignore_mask(
         if reference is None:
             continue
         reference = _as_labels(reference)
+        if reference.size and int(reference.max()) >= 1 << 20:  # huge ids: renumber before counting
+            values, inverse = np.unique(reference, return_inverse=True)
+            reference = (inverse + (0 if values[0] == 0 else 1)).reshape(reference.shape)
         if reference.shape != labels.shape:
             raise ValueError(f"reference shape {reference.shape} differs from label shape {labels.shape}")
         used = True
