@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import multiprocessing
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from detectron2.data import transforms as T
 from detectron2.utils.registry import Registry
 
 from deepcens.data.io import read_image, to_float_rgb
+from deepcens.errors import DeepcensInputError
 
 MAPPER_REGISTRY = Registry("MAPPER")
 MAPPER_REGISTRY.__doc__ = "Dataset mappers: (cfg, is_train) -> callable(dataset_dict) -> model input."
@@ -25,8 +27,55 @@ logger = logging.getLogger(__name__)
 
 
 def build_mapper(cfg: CfgNode, is_train: bool):
-    """The mapper named by ``cfg.INPUT.MAPPER``."""
-    return MAPPER_REGISTRY.get(cfg.INPUT.MAPPER)(cfg, is_train)
+    """The mapper named by ``cfg.INPUT.MAPPER``, applying ``cfg.DATASETS.BAD_INPUT_POLICY``."""
+    mapper = MAPPER_REGISTRY.get(cfg.INPUT.MAPPER)(cfg, is_train)
+    policy = cfg.DATASETS.BAD_INPUT_POLICY if is_train else "fail"
+    return BadInputPolicyMapper(mapper, policy)
+
+
+_SKIPPED_INPUTS: list = []  # one shared counter per policy wrapper built in this process
+
+
+def bad_input_skip_count() -> int:
+    """Training inputs skipped so far by the ``skip`` policy (all wrappers, DataLoader workers included)."""
+    return sum(counter.value for counter in _SKIPPED_INPUTS)
+
+
+class BadInputPolicyMapper:
+    """Apply the bad-input policy around a mapper.
+
+    ``fail``: a bad file raises :class:`DeepcensInputError` (detectron2's image-size mismatch
+    error becomes one too, naming the file). ``skip``: the error is logged as a warning,
+    counted in a counter shared with DataLoader workers, and ``None`` is returned, which
+    makes detectron2's ``MapDataset`` draw another image.
+    """
+
+    def __init__(self, mapper, policy: str):
+        if policy not in ("fail", "skip"):
+            raise ValueError(f"DATASETS.BAD_INPUT_POLICY must be fail or skip, got {policy!r}")
+        self.mapper = mapper
+        self.policy = policy
+        self.skipped = multiprocessing.Value("i", 0)
+        _SKIPPED_INPUTS.append(self.skipped)
+
+    def __getattr__(self, name: str):  # behave like the wrapped mapper (is_train, augmentations, ...)
+        if name == "mapper":
+            raise AttributeError(name)
+        return getattr(self.mapper, name)
+
+    def __call__(self, dataset_dict: dict):
+        try:
+            try:
+                return self.mapper(dataset_dict)
+            except utils.SizeMismatchError as error:
+                raise DeepcensInputError(dataset_dict.get("file_name"), str(error).splitlines()[0]) from None
+        except DeepcensInputError as error:
+            if self.policy == "fail":
+                raise
+            with self.skipped.get_lock():
+                self.skipped.value += 1
+            logger.warning(f"Skipping bad training input: {error}")
+            return None
 
 
 def build_instance_augmentations(cfg: CfgNode, is_train: bool) -> list[T.Augmentation]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
+import time
 from typing import Any
 
 import torch
@@ -29,6 +31,11 @@ class DeepcensCheckpointer(DetectionCheckpointer):
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
+        trainer = self.checkpointables.get("trainer")
+        if trainer is not None and getattr(trainer, "stop_saving", False):
+            # training stopped on a non-finite loss: keep the last good checkpoint as the last one
+            self.logger.warning(f"Not saving {name}: training stopped on a non-finite loss")
+            return
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
@@ -38,6 +45,7 @@ class DeepcensCheckpointer(DetectionCheckpointer):
         self.logger.info(f"Saving checkpoint to {save_file}")
         with atomic_write(save_file, "wb") as handle:
             torch.save(data, handle)
+            _test_pause_in_save(name)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
@@ -65,3 +73,21 @@ class DeepcensCheckpointer(DetectionCheckpointer):
                 filename, "pickle checkpoints (.pkl/.pyth) need arbitrary unpickling; convert to a "
                 ".pth state_dict or set ALLOW_UNSAFE_CHECKPOINTS True if you trust the file")
         return super()._load_file(filename)
+
+
+SLEEP_IN_SAVE_ENV = "DEEPCENS_TEST_SLEEP_IN_SAVE"
+
+
+def _test_pause_in_save(name: str) -> None:
+    """Test hook: ``DEEPCENS_TEST_SLEEP_IN_SAVE="model_0003:30"`` sleeps 30 s while saving
+    ``model_0003`` (data written to the temporary file, not yet renamed), after printing
+    ``deepcens-test: sleeping in save of model_0003`` to stderr, so a test can kill the
+    process in the middle of a save."""
+    setting = os.environ.get(SLEEP_IN_SAVE_ENV)
+    if not setting:
+        return
+    target, _, seconds = setting.rpartition(":")
+    if target and target != name:
+        return
+    print(f"deepcens-test: sleeping in save of {name}", file=sys.stderr, flush=True)
+    time.sleep(float(seconds))

@@ -22,7 +22,6 @@ from detectron2.config import CfgNode
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
-    build_detection_train_loader,
     get_detection_dataset_dicts,
 )
 from detectron2.engine import DefaultTrainer, hooks
@@ -35,6 +34,9 @@ from detectron2.utils.logger import setup_logger
 
 from deepcens.data.mappers import build_mapper
 from deepcens.engine.checkpoint import DeepcensCheckpointer
+from deepcens.engine.hooks import BadInputReportHook, ResumeStateHook, nonfinite_loss_guard
+from deepcens.engine.resume import build_resumable_train_loader
+from deepcens.utils.metrics_log import SafeJSONWriter
 from deepcens.engine.loops import build_train_loop
 from deepcens.engine.schedules import build_lr_scheduler
 
@@ -72,7 +74,8 @@ def build_train_loader_for(cfg: CfgNode, dataset_names: Sequence[str]):
         dicts = filter_empty(dicts)
     if not dicts:
         raise ValueError(f"training datasets {list(dataset_names)} hold no usable image")
-    return build_detection_train_loader(cfg, dataset=dicts, mapper=build_mapper(cfg, is_train=True))
+    # a seeded sampler whose position is saved in checkpoints, for exact --resume
+    return build_resumable_train_loader(cfg, dicts, build_mapper(cfg, is_train=True))
 
 
 class Trainer(DefaultTrainer):
@@ -170,7 +173,19 @@ class Trainer(DefaultTrainer):
                         mode=cfg.SOLVER.BEST_CHECKPOINT_MODE))
             else:
                 result.append(hook)
-        return result
+        # first: random states are snapshot right after each step, before other hooks draw numbers
+        return [ResumeStateHook(cfg), *result, BadInputReportHook()]
+
+    def build_writers(self) -> list:
+        """detectron2's writers with a crash-safe ``metrics.json`` writer."""
+        writers = super().build_writers()
+        return [SafeJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))
+                if type(writer).__name__ == "JSONWriter" else writer for writer in writers]
+
+    def run_step(self) -> None:
+        """One step; a NaN/inf loss stops training with a clear message (``SOLVER.STOP_ON_NONFINITE_LOSS``)."""
+        with nonfinite_loss_guard(self):
+            super().run_step()
 
     def _eval_function(self, dataset_names: Sequence[str]):
         def evaluate():
