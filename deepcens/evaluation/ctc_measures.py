@@ -1,0 +1,281 @@
+"""Cell Tracking Challenge segmentation measures SEG, DET and OP_CSB on label images.
+
+Definitions follow the reference implementation ``py-ctcmetrics`` (``ctc_metrics``) exactly:
+
+* A computed object *matches* a reference object when it covers strictly more than half of
+  the reference object's pixels (so a reference object matches at most one computed object).
+* SEG = (sum of the Jaccard indices of matched reference objects) / (number of reference
+  objects), pooled over all frames (unmatched reference objects count 0).
+* DET = 1 - min(AOGM-D, AOGM-D0) / AOGM-D0 with AOGM-D = 5 NS + 10 FN + 1 FP and
+  AOGM-D0 = 10 * (number of reference markers), every count summed over all frames first.
+  FN = reference markers matched by no computed object, FP = computed objects matching no
+  marker, NS = sum over computed objects of (markers it matches - 1) (splits needed).
+  Markers are the TRA images (``man_trackTTT.tif``) when present, else the GT masks.
+* OP_CSB = (SEG + DET) / 2.
+
+Everything is vectorised over pixels: one ``np.bincount`` per label image for the areas and
+one over the paired labels of the reference foreground for the intersections. Undefined
+values (no reference object / marker at all) are ``nan`` (py-ctcmetrics gives SEG 0 there).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from typing import Iterable
+
+import numpy as np
+
+from deepcens.data.io import read_label
+from deepcens.errors import DeepcensInputError
+
+W_SPLIT, W_FN, W_FP = 5, 10, 1  # AOGM-D weights of the CTC (Matula et al. 2015)
+_DENSE_TABLE_LIMIT = 1 << 24  # above this many (ref x comp) cells the pair table is built sparsely
+
+
+@dataclasses.dataclass
+class LabelMatch:
+    """Overlaps between a reference and a computed label image (0 = background in both).
+
+    ``pair_ref`` / ``pair_comp`` index ``ref_ids`` / ``comp_ids``; ``intersection`` is the
+    pixel count shared by each listed pair (only pairs that overlap are listed).
+    """
+
+    ref_ids: np.ndarray
+    comp_ids: np.ndarray
+    ref_areas: np.ndarray
+    comp_areas: np.ndarray
+    pair_ref: np.ndarray
+    pair_comp: np.ndarray
+    intersection: np.ndarray
+
+    def iou(self) -> np.ndarray:
+        """Jaccard index of every listed pair (float64, as py-ctcmetrics computes it)."""
+        union = self.ref_areas[self.pair_ref] + self.comp_areas[self.pair_comp] - self.intersection
+        return self.intersection / np.maximum(union, 1)
+
+    def matches(self) -> np.ndarray:
+        """Boolean per listed pair: the computed object covers > half of the reference object."""
+        return 2 * self.intersection > self.ref_areas[self.pair_ref]
+
+
+def _as_labels(array: np.ndarray, what: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype.kind == "b":
+        array = array.astype(np.uint8)
+    if array.dtype.kind not in "ui":
+        raise ValueError(f"{what} must be an integer label image, got dtype {array.dtype}")
+    if array.dtype.kind == "i":
+        if array.size and array.min() < 0:
+            raise ValueError(f"{what} has negative labels")
+        if array.dtype.itemsize > 4 or (array.size and array.max() > np.iinfo(np.int32).max):
+            raise ValueError(f"{what} has labels beyond int32")
+    return array
+
+
+def match_label_images(ref: np.ndarray, comp: np.ndarray) -> LabelMatch:
+    """Areas of every object and intersections of every overlapping (ref, comp) object pair."""
+    ref = _as_labels(ref, "reference")
+    comp = _as_labels(comp, "computed")
+    if ref.shape != comp.shape:
+        raise ValueError(f"label images differ in shape: reference {ref.shape}, computed {comp.shape}")
+    ref = ref.reshape(-1)
+    comp = comp.reshape(-1)
+    ref_counts = np.bincount(ref)
+    comp_counts = np.bincount(comp)
+    ref_ids = np.flatnonzero(ref_counts[1:]) + 1
+    comp_ids = np.flatnonzero(comp_counts[1:]) + 1
+    n_ref, n_comp = len(ref_ids), len(comp_ids)
+    empty = np.zeros(0, dtype=np.int64)
+    if n_ref == 0 or n_comp == 0:
+        return LabelMatch(ref_ids, comp_ids, ref_counts[ref_ids], comp_counts[comp_ids], empty, empty, empty)
+    # Only reference-foreground pixels can contribute to an intersection.
+    foreground = ref != 0
+    ref_fg = ref[foreground]
+    comp_fg = comp[foreground]
+    ref_lut = np.zeros(len(ref_counts), dtype=np.int64)
+    ref_lut[ref_ids] = np.arange(n_ref)
+    comp_lut = np.zeros(len(comp_counts), dtype=np.int64)
+    comp_lut[comp_ids] = np.arange(1, n_comp + 1)  # 0 stays "background"
+    paired = ref_lut[ref_fg] * (n_comp + 1) + comp_lut[comp_fg]
+    if n_ref * (n_comp + 1) <= _DENSE_TABLE_LIMIT:
+        table = np.bincount(paired, minlength=n_ref * (n_comp + 1)).reshape(n_ref, n_comp + 1)
+        table[:, 0] = 0
+        pair_ref, pair_comp1 = np.nonzero(table)
+        intersection = table[pair_ref, pair_comp1]
+    else:
+        keys, intersection = np.unique(paired, return_counts=True)
+        pair_ref, pair_comp1 = np.divmod(keys, n_comp + 1)
+        keep = pair_comp1 > 0
+        pair_ref, pair_comp1, intersection = pair_ref[keep], pair_comp1[keep], intersection[keep]
+    return LabelMatch(
+        ref_ids, comp_ids, ref_counts[ref_ids], comp_counts[comp_ids],
+        pair_ref.astype(np.int64), (pair_comp1 - 1).astype(np.int64), intersection.astype(np.int64))
+
+
+@dataclasses.dataclass
+class CTCCounts:
+    """Additive per-frame sums from which SEG / DET / OP_CSB are computed (pool by ``+``)."""
+
+    seg_iou_sum: float = 0.0
+    seg_num_ref: int = 0
+    det_split: int = 0
+    det_fn: int = 0
+    det_fp: int = 0
+    det_num_ref: int = 0
+    seg_frames: int = 0
+    det_frames: int = 0
+
+    def __add__(self, other: "CTCCounts") -> "CTCCounts":
+        return CTCCounts(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
+    @property
+    def aogm_d(self) -> int:
+        return W_SPLIT * self.det_split + W_FN * self.det_fn + W_FP * self.det_fp
+
+    @property
+    def aogm_d0(self) -> int:
+        return W_FN * self.det_num_ref
+
+    def seg(self) -> float:
+        return self.seg_iou_sum / self.seg_num_ref if self.seg_num_ref else math.nan
+
+    def det(self) -> float:
+        if not self.det_num_ref:
+            return math.nan
+        return 1.0 - min(self.aogm_d, self.aogm_d0) / self.aogm_d0
+
+    def measures(self) -> dict[str, float]:
+        """SEG, DET, OP_CSB and the counts behind them (all numbers, JSON-ready)."""
+        seg, det = self.seg(), self.det()
+        return {
+            "SEG": seg, "DET": det, "OP_CSB": 0.5 * seg + 0.5 * det,
+            "AOGM_D": float(self.aogm_d), "AOGM_D0": float(self.aogm_d0),
+            "NS": float(self.det_split), "FN": float(self.det_fn), "FP": float(self.det_fp),
+            "num_ref_seg": float(self.seg_num_ref), "num_ref_det": float(self.det_num_ref),
+            "num_frames_seg": float(self.seg_frames), "num_frames_det": float(self.det_frames),
+        }
+
+
+def seg_counts(match: LabelMatch) -> tuple[float, int, np.ndarray]:
+    """(sum of matched Jaccard indices, number of reference objects, per-reference Jaccard)."""
+    per_ref = np.zeros(len(match.ref_ids), dtype=np.float64)
+    hit = match.matches()
+    per_ref[match.pair_ref[hit]] = match.iou()[hit]
+    return float(per_ref.sum()), len(match.ref_ids), per_ref
+
+
+def det_counts(match: LabelMatch) -> tuple[int, int, int, int]:
+    """(NS, FN, FP, number of reference markers) of one frame."""
+    hit = match.matches()
+    refs_per_comp = np.bincount(match.pair_comp[hit], minlength=len(match.comp_ids))
+    matched_refs = int(hit.sum())  # each reference matches at most one computed object
+    fn = len(match.ref_ids) - matched_refs
+    fp = int(np.count_nonzero(refs_per_comp == 0))
+    split = int(np.sum(np.maximum(refs_per_comp - 1, 0)))
+    return split, fn, fp, len(match.ref_ids)
+
+
+def frame_counts(
+    pred: np.ndarray, gt_seg: np.ndarray | None = None, gt_markers: np.ndarray | None = None
+) -> tuple[CTCCounts, dict]:
+    """CTC sums of one frame and its per-frame record.
+
+    ``gt_seg`` (reference masks) feeds SEG, ``gt_markers`` (TRA markers) feeds DET; without
+    markers DET uses ``gt_seg``. Either may be None (frame without that reference).
+    """
+    counts = CTCCounts()
+    record: dict = {"SEG": None, "DET": None}
+    seg_match = None
+    if gt_seg is not None:
+        seg_match = match_label_images(gt_seg, pred)
+        iou_sum, n_ref, _ = seg_counts(seg_match)
+        counts.seg_iou_sum, counts.seg_num_ref, counts.seg_frames = iou_sum, n_ref, 1
+        record["SEG"] = iou_sum / n_ref if n_ref else None
+        record["num_ref_seg"] = n_ref
+    det_match = match_label_images(gt_markers, pred) if gt_markers is not None else seg_match
+    if det_match is not None:
+        split, fn, fp, n_ref = det_counts(det_match)
+        counts.det_split, counts.det_fn, counts.det_fp, counts.det_num_ref = split, fn, fp, n_ref
+        counts.det_frames = 1
+        record["DET"] = CTCCounts(det_split=split, det_fn=fn, det_fp=fp, det_num_ref=n_ref).det() if n_ref else None
+        record["num_ref_det"] = n_ref
+        record["num_pred"] = len(det_match.comp_ids)
+    return counts, record
+
+
+def sum_counts(items: Iterable[CTCCounts]) -> CTCCounts:
+    total = CTCCounts()
+    for item in items:
+        total = total + item
+    return total
+
+
+# ---- CTC folders --------------------------------------------------------------------------------
+
+_FRAME_PATTERNS = {
+    "seg": re.compile(r"^man_seg(\d+)\.tif$"),
+    "tra": re.compile(r"^man_track(\d+)\.tif$"),
+    "res": re.compile(r"^mask(\d+)\.tif$"),
+}
+
+
+def ctc_frame_files(folder: str | os.PathLike, kind: str) -> dict[int, str]:
+    """Frame number -> path of the 2D CTC files of one kind (``seg``, ``tra`` or ``res``)."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise DeepcensInputError(folder, "folder not found")
+    pattern = _FRAME_PATTERNS[kind]
+    files = {}
+    for name in sorted(os.listdir(folder)):
+        found = pattern.match(name)
+        if found:
+            files[int(found.group(1))] = os.path.join(folder, name)
+    return files
+
+
+def evaluate_ctc_folders(
+    gt_dir: str | os.PathLike, res_dir: str | os.PathLike, frames: Iterable[int] | None = None
+) -> dict:
+    """SEG / DET / OP_CSB of a CTC result folder (``maskTTT.tif``) against ``<seq>_GT``.
+
+    SEG uses ``SEG/man_segTTT.tif``; DET uses ``TRA/man_trackTTT.tif`` when the TRA folder
+    exists, else the SEG masks. No track files are needed. ``frames`` restricts the frames.
+    Returns the :meth:`CTCCounts.measures` dict plus ``per_frame`` records.
+    """
+    gt_dir, res_dir = os.fspath(gt_dir), os.fspath(res_dir)
+    seg_files = ctc_frame_files(os.path.join(gt_dir, "SEG"), "seg") if os.path.isdir(os.path.join(gt_dir, "SEG")) else {}
+    tra_dir = os.path.join(gt_dir, "TRA")
+    tra_files = ctc_frame_files(tra_dir, "tra") if os.path.isdir(tra_dir) else {}
+    if not seg_files and not tra_files:
+        raise DeepcensInputError(gt_dir, "no SEG/man_segTTT.tif or TRA/man_trackTTT.tif reference files")
+    res_files = ctc_frame_files(res_dir, "res")
+    if not res_files:
+        raise DeepcensInputError(res_dir, "no maskTTT.tif result files")
+    wanted = sorted(set(seg_files) | set(tra_files))
+    if frames is not None:
+        chosen = set(int(f) for f in frames)
+        wanted = [f for f in wanted if f in chosen]
+    total = CTCCounts()
+    per_frame = []
+    digits = max(3, len(str(max(wanted)))) if wanted else 3
+    for frame in wanted:
+        if frame not in res_files:
+            raise DeepcensInputError(
+                os.path.join(res_dir, f"mask{frame:0{digits}d}.tif"), f"missing result frame {frame} (the GT has it)")
+        gt_seg = read_label(seg_files[frame]) if frame in seg_files else None
+        markers = read_label(tra_files[frame], None if gt_seg is None else gt_seg.shape) if frame in tra_files else None
+        reference = gt_seg if gt_seg is not None else markers
+        pred = read_label(res_files[frame], reference.shape)
+        counts, record = frame_counts(pred, gt_seg, markers)
+        if tra_files and markers is None:
+            # DET is defined on the TRA markers: a frame with SEG but no TRA file adds no DET.
+            counts = dataclasses.replace(counts, det_split=0, det_fn=0, det_fp=0, det_num_ref=0, det_frames=0)
+            record["DET"] = None
+        total = total + counts
+        record["frame"] = frame
+        per_frame.append(record)
+    result = total.measures()
+    result["per_frame"] = per_frame
+    return result
