@@ -114,18 +114,19 @@ def predict_probabilities(cfg, dataset_name: str) -> tuple[list[np.ndarray], lis
 
     recorded: list[np.ndarray] = []
     if _RECORDER not in DECODER_REGISTRY:
-        @DECODER_REGISTRY.register(_RECORDER)
-        def _recorder(_cfg):  # noqa: ANN001
+        def recorder(_cfg):  # noqa: ANN001
             from detectron2.structures import Instances
 
             from deepcens.postprocess.instances import label_image_to_instances
 
             def decode(probabilities: torch.Tensor, dataset_name: str | None = None) -> Instances:
-                _recorder.sink.append(probabilities.detach().float().cpu().numpy().astype(np.float16))
+                recorder.sink.append(probabilities.detach().float().cpu().numpy().astype(np.float16))
                 return label_image_to_instances(np.zeros(tuple(probabilities.shape[-2:]), np.int32))
 
             return decode
 
+        recorder.__name__ = _RECORDER  # fvcore registers under __name__
+        DECODER_REGISTRY.register(recorder)
     DECODER_REGISTRY.get(_RECORDER).sink = recorded
     cfg = cfg.clone()
     cfg.defrost()
