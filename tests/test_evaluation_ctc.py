@@ -133,3 +133,28 @@ def test_folder_errors(tmp_path):
         evaluate_ctc_folders(gt, res)
     with pytest.raises(DeepcensInputError, match="no maskTTT.tif"):
         evaluate_ctc_folders(gt, tmp_path / "01_GT" / "SEG")
+
+
+def test_cell_evaluator_on_ctc_dicts_matches_folder_measures(shared_data, tmp_path):
+    """CellEvaluator on C1's CTC dataset dicts (SEG frames of SIM+) scores rendered Instances
+    exactly as the folder path scores the same label images."""
+    from deepcens.data.ctc import load_ctc_dicts
+    from deepcens.evaluation import CellEvaluator
+    from deepcens.postprocess.instances import label_image_to_instances
+
+    root = str(shared_data / "ctc")
+    dicts = load_ctc_dicts(root, "Fluo-N2DH-SIM+", ["01"], "GT", frames=[0, 30, 60])
+    gt_dir = os.path.join(root, "Fluo-N2DH-SIM+", "01_GT")
+    predictions = perturbed_sequence(gt_dir, [d["frame"] for d in dicts], seed=5)
+    res_dir = tmp_path / "01_RES"
+    res_dir.mkdir()
+    evaluator = CellEvaluator("sim_subset", None, distributed=False, dataset_dicts=dicts, class_names=["cell"])
+    for record in dicts:
+        labels = predictions[record["frame"]]
+        tifffile.imwrite(res_dir / f"mask{record['frame']:03d}.tif", labels.astype(np.uint16))
+        evaluator.process([{"image_id": record["image_id"]}], [{"instances": label_image_to_instances(labels)}])
+    ctc = evaluator.evaluate()["ctc"]
+    folder = evaluate_ctc_folders(gt_dir, res_dir, frames=[0, 30, 60])
+    for key in ("SEG", "DET", "OP_CSB"):
+        assert abs(ctc[key] - folder[key]) < 1e-12, key
+    assert ctc["SEG-Fluo-N2DH-SIM+/01"] == ctc["SEG"] and ctc["num_frames_det"] == 3
