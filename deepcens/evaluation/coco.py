@@ -8,7 +8,9 @@ pycocotools; AP values come from COCOeval's accumulated precision array at
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 import math
 from typing import Sequence
@@ -182,12 +184,13 @@ def evaluate_coco(gt_dict: dict, results: list[dict], iou_type: str, max_dets: i
     if iou_type == "segm":
         for entry in results:
             entry.pop("bbox", None)  # mask area (not box area) decides the size range, as in detectron2
-    dt = gt.loadRes(results)
-    evaluator = make_eval(gt, dt, iou_type)
-    evaluator.params.maxDets = sorted({1, 10, int(max_dets)})
-    evaluator.params.imgIds = sorted(image["id"] for image in gt_dict["images"])
-    evaluator.evaluate()
-    evaluator.accumulate()
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress to stdout
+        dt = gt.loadRes(results)
+        evaluator = make_eval(gt, dt, iou_type)
+        evaluator.params.maxDets = sorted({1, 10, int(max_dets)})
+        evaluator.params.imgIds = sorted(image["id"] for image in gt_dict["images"])
+        evaluator.evaluate()
+        evaluator.accumulate()
     params = evaluator.params
     return summarize_precision(
         np.asarray(evaluator.eval["precision"]), np.asarray(params.iouThrs), params.areaRngLbl,
