@@ -211,6 +211,10 @@ def test_label_image_dataset_with_markers(tmp_path):
     assert results["ctc"]["DET"] == pytest.approx(1 - 10 / 320)
     assert results["ctc"]["SEG-Fluo-Demo/01"] == results["ctc"]["SEG"]
     assert results["ctc"]["OP_CSB-Fluo-Demo"] == pytest.approx(results["ctc"]["OP_CSB"])
+    paths = write_reports({"ctc_demo": results}, tmp_path / "reports")
+    rows = open(paths["ctc_csv"]).read().splitlines()
+    assert rows[0] == "dataset,OP_CSB,SEG,DET"
+    assert [r.split(",")[0] for r in rows[1:]] == ["ctc_demo", "ctc_demo > Fluo-Demo", "ctc_demo > Fluo-Demo/01"]
 
 
 def test_sparse_labels_skip_coco_but_keep_ctc(tmp_path):

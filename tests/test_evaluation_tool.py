@@ -115,6 +115,12 @@ def test_coco_results_round_trip(tmp_path, capsys):
     again = json.loads(out.read_text())[name]
     assert again["segm"]["AP"] == pytest.approx(direct["segm"]["AP"])
     assert again["ctc"]["SEG"] == pytest.approx(direct["ctc"]["SEG"])
+    pred_dir = tmp_path / "pred_labels"
+    pred_dir.mkdir()
+    for record in dicts:
+        tifffile.imwrite(pred_dir / (os.path.basename(record["file_name"])[:-4] + ".tif"), pred)
+    assert tool.main(["--dataset", name, "--pred-labels", str(pred_dir), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())[name]["segm"]["AP"] == pytest.approx(direct["segm"]["AP"])
     entries = json.loads(results_file.read_text())
     entries[0]["image_id"] = "no_such_image"
     bad = tmp_path / "bad.json"

@@ -64,6 +64,9 @@ def instances_from_labels(folder: str, dataset_dicts: list[dict]) -> dict:
         raise DeepcensInputError(folder, "prediction folder not found")
     files = {_stem(p): p for p in iter_image_files(folder)}
     by_stem = {_stem(d["file_name"]): d for d in dataset_dicts}
+    if len(by_stem) != len(dataset_dicts):
+        raise DeepcensInputError(folder, "image file names of the dataset are not unique by stem "
+                                 "(e.g. several CTC sequences): score a COCO results json instead")
     unknown = sorted(set(files) - set(by_stem))
     if unknown:
         raise DeepcensInputError(files[unknown[0]], f"prediction names unknown image {unknown[0]!r}")
