@@ -19,30 +19,77 @@ IMAGE_SUFFIXES = TIFF_SUFFIXES + (".png", ".jpg", ".jpeg", ".bmp")
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.int8, np.int16, np.int32, np.uint32, np.float32, np.float64)
 
 
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+#: largest decoded image accepted; a damaged header claiming more is refused before allocating
+MAX_IMAGE_BYTES = int(os.environ.get("DEEPCENS_MAX_IMAGE_BYTES", str(16 * 1024**3)))
+
+
 def _is_tiff(path: str) -> bool:
     return path.lower().endswith(TIFF_SUFFIXES)
 
 
-def _read_raw(path: str) -> np.ndarray:
-    """Decode a file into its native array (no conversion)."""
+def _one_line(text: object, limit: int = 300) -> str:
+    """Decoder messages (OpenCV's span several lines) squeezed into one short line."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _has_tiff_magic(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) in TIFF_MAGIC
+
+
+def _read_tiff(path: str) -> np.ndarray:
+    """Decode a TIFF after checking its header: refuse sizes beyond ``MAX_IMAGE_BYTES`` and
+    uncompressed pixel data longer than the file (truncated), before anything is allocated."""
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise ValueError("no image data in the TIFF")
+        series = tif.series[0]
+        shape, dtype = tuple(series.shape), series.dtype
+        if dtype is None:
+            raise ValueError("unsupported TIFF sample format")
+        nbytes = int(np.prod(shape, dtype=np.float64) * np.dtype(dtype).itemsize)
+        if nbytes > MAX_IMAGE_BYTES:
+            raise DeepcensInputError(path, f"image of shape {shape} ({nbytes / 1024**3:.1f} GiB) exceeds "
+                                     f"DEEPCENS_MAX_IMAGE_BYTES ({MAX_IMAGE_BYTES / 1024**3:.1f} GiB)")
+        compression = getattr(tif.pages[0], "compression", None)
+        if compression is not None and int(compression) == 1 and nbytes > os.path.getsize(path):
+            raise DeepcensInputError(path, f"truncated TIFF: header says {nbytes} bytes of pixels, "
+                                     f"file holds {os.path.getsize(path)}")
+        return tif.asarray()
+
+
+def _read_raw(path: str) -> tuple[np.ndarray, bool]:
+    """Decode a file into its native array (no conversion); also says whether it was a TIFF.
+
+    The decoder follows the file's content (TIFF magic bytes), not its suffix, so a TIFF saved
+    as ``.png`` or a PNG named ``.tif`` still reads, and the TIFF layout rules (stacks,
+    channel-first) apply to what the file really is.
+    """
     if not os.path.isfile(path):
         raise DeepcensInputError(path, "file not found")
     if os.path.getsize(path) == 0:
         raise DeepcensInputError(path, "empty file")
     try:
-        if _is_tiff(path):
-            array = tifffile.imread(path)
+        is_tiff = _has_tiff_magic(path)
+    except OSError as exc:
+        raise DeepcensInputError(path, f"cannot open file ({_one_line(exc)})") from None
+    try:
+        if is_tiff:
+            array = _read_tiff(path)
         else:
             array = cv2.imread(path, cv2.IMREAD_UNCHANGED)
             if array is None:
-                raise ValueError("not a readable image")
+                kind = "TIFF" if _is_tiff(path) else "image"
+                raise ValueError(f"not a readable {kind} (unknown format or damaged data)")
             if array.ndim == 3:  # OpenCV gives BGR(A); the rest of the project uses RGB(A)
                 code = cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB
                 array = cv2.cvtColor(array, code)
     except DeepcensInputError:
         raise
-    except Exception as exc:  # decoders raise many types for broken files
-        raise DeepcensInputError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # decoders raise many types for broken files (MemoryError included)
+        raise DeepcensInputError(path, f"cannot decode image ({type(exc).__name__}: {_one_line(exc)})") from None
     array = np.asarray(array)
     if array.size == 0:
         raise DeepcensInputError(path, "image has no pixels")
@@ -50,14 +97,14 @@ def _read_raw(path: str) -> np.ndarray:
         array = array.astype(np.uint8)
     if not any(array.dtype == d for d in SUPPORTED_DTYPES):
         raise DeepcensInputError(path, f"unsupported pixel type {array.dtype}")
-    return array
+    return array, is_tiff
 
 
 def read_stack(path: str | os.PathLike) -> np.ndarray:
     """Read a 2D image or a multi-page TIFF as ``(Z, H, W[, C])`` (Z = 1 for a plain image)."""
     path = os.fspath(path)
-    array = _read_raw(path)
-    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] <= 4 and not _is_tiff(path)):
+    array, is_tiff = _read_raw(path)
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] <= 4 and not is_tiff):
         return array[None]
     if array.ndim == 3 and array.shape[-1] <= 4 and array.shape[0] > 4:
         return array[None]  # a single multi-channel (H, W, C) TIFF
@@ -72,8 +119,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Float images must be finite. Multi-page files are refused here (use :func:`read_stack`).
     """
     path = os.fspath(path)
-    array = _read_raw(path)
-    if array.ndim == 3 and array.shape[0] <= 4 and array.shape[-1] > 4 and _is_tiff(path):
+    array, is_tiff = _read_raw(path)
+    if array.ndim == 3 and array.shape[0] <= 4 and array.shape[-1] > 4 and is_tiff:
         array = np.moveaxis(array, 0, -1)  # channel-first TIFF (C, H, W)
     if array.ndim == 2:
         array = array[:, :, None]
@@ -91,8 +138,8 @@ def read_label(path: str | os.PathLike, expected_shape: tuple[int, int] | None =
     reported instead of silently mis-scored.
     """
     path = os.fspath(path)
-    array = _read_raw(path)
-    if array.ndim == 3 and array.shape[-1] in (3, 4) and not _is_tiff(path):
+    array, is_tiff = _read_raw(path)
+    if array.ndim == 3 and array.shape[-1] in (3, 4) and not is_tiff:
         array = array[..., 0]  # label PNGs saved as RGB: all channels equal
     array = np.squeeze(array)
     if array.ndim != 2:
