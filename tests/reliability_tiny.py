@@ -128,13 +128,17 @@ def train(out_dir: str, resume: bool, opts: list[str], stop_after: int | None = 
     schedule still follows ``SOLVER.MAX_ITER``, as a run that was stopped would.
     ``keep_trainer`` adds the trainer under ``"trainer"``.
     """
+    register_tiny(os.path.join(os.path.dirname(os.path.abspath(out_dir)), "tiny_data"))
+    return train_cfg(tiny_cfg(out_dir, opts), resume, stop_after, keep_trainer)
+
+
+def train_cfg(cfg, resume: bool, stop_after: int | None = None, keep_trainer: bool = False) -> dict:
+    """:func:`train` for any config (datasets registered by the caller)."""
     from detectron2.utils.env import seed_all_rng
 
     from deepcens.engine.trainer import Trainer
 
     torch.set_num_threads(1)
-    register_tiny(os.path.join(os.path.dirname(os.path.abspath(out_dir)), "tiny_data"))
-    cfg = tiny_cfg(out_dir, opts)
     seed_all_rng(cfg.SEED)
     trainer = Trainer(cfg)
     recorder = loss_recorder()

@@ -84,6 +84,58 @@ def test_rcnn_resume_gives_same_losses_and_weights(uninterrupted, tmp_path):
     assert second["digest"] == uninterrupted["digest"]
 
 
+# ---------------------------------------------------------------- exact resume (U-Net, DenseSegmentor)
+def _tiny_ctc(root: str) -> None:
+    import tifffile
+
+    seq = os.path.join(root, "DS", "01")
+    os.makedirs(seq, exist_ok=True)
+    os.makedirs(seq + "_GT/SEG", exist_ok=True)
+    rng = np.random.default_rng(1)
+    for frame in range(4):
+        labels = np.zeros((48, 48), np.uint16)
+        for label in range(1, 4):
+            y, x = (int(v) for v in rng.integers(6, 36, 2))
+            labels[y:y + 8, x:x + 9] = label
+        image = (labels > 0) * 900 + rng.integers(0, 100, (48, 48))
+        tifffile.imwrite(os.path.join(seq, f"t{frame:03d}.tif"), image.astype(np.uint16))
+        tifffile.imwrite(os.path.join(seq + "_GT/SEG", f"man_seg{frame:03d}.tif"), labels)
+
+
+def test_unet_resume_gives_same_losses_and_weights(tmp_path):
+    config = REPO / "configs" / "xbnet" / "Base-XBNet.yaml"
+    if not config.is_file():
+        pytest.skip("the XB-Net config is not in this checkout")
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    from deepcens.data.ctc import register_ctc_dataset
+    from deepcens.data.mappers import MAPPER_REGISTRY
+    from deepcens.engine.setup import load_config
+
+    if "DenseSegmentor" not in META_ARCH_REGISTRY or "DenseTargetMapper" not in MAPPER_REGISTRY:
+        pytest.skip("the dense meta-architecture / mapper are not in this checkout")
+    _tiny_ctc(str(tmp_path / "ctc"))
+    register_ctc_dataset("reliability_ctc_train", str(tmp_path / "ctc"), "DS", ["01"], "GT")
+
+    def cfg(out: str):
+        return load_config(str(config), [
+            "OUTPUT_DIR", out, "MODEL.DEVICE", "cpu", "MODEL.DENSE.NETWORK", "UNet",
+            "MODEL.DENSE.UNET.BASE_CHANNELS", "4", "MODEL.DENSE.UNET.DEPTH", "3", "MODEL.DENSE.SIZE_DIVISIBILITY", "4",
+            "INPUT.DENSE.CROP_SIZE", "32", "DATASETS.TRAIN", "('reliability_ctc_train',)", "DATASETS.TEST", "()",
+            "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "6",
+            "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.BEST_CHECKPOINT_METRIC", "", "TEST.EVAL_PERIOD", "0",
+            "SOLVER.COSINE_RESTARTS", "()", "SEED", "3"], freeze=False)
+
+    full = reliability_tiny.train_cfg(cfg(str(tmp_path / "full")), resume=False)
+    first = reliability_tiny.train_cfg(cfg(str(tmp_path / "split")), resume=False, stop_after=3)
+    _scramble_rng()
+    second = reliability_tiny.train_cfg(cfg(str(tmp_path / "split")), resume=True)
+    assert second["start_iter"] == 3 and sorted(second["losses"]) == [3, 4, 5]
+    losses = {**first["losses"], **second["losses"]}
+    np.testing.assert_allclose([losses[i] for i in range(6)], [full["losses"][i] for i in range(6)], rtol=1e-6)
+    assert second["digest"] == full["digest"]
+
+
 # ---------------------------------------------------------------- kill in the middle of a save
 def test_kill_during_save_then_resume_continues_from_last_complete_checkpoint(tmp_path):
     out = tmp_path / "run"
