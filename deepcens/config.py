@@ -89,6 +89,41 @@ def _add_dense_config(cfg: CN) -> None:
     cfg.MODEL.DENSE.MAX_HOLE_SIZE = 20  # decoder: holes up to this area (pixels) inside a component are filled
     cfg.MODEL.DENSE.GROW_INTO_BOUNDARY = 0  # decoder: grow components into boundary-class pixels by up to this many pixels (0 = off, paper)
     cfg.MODEL.DENSE.POSTPROCESS_PER_DATASET = []  # decoder overrides, "dataset:min_size:max_hole" strings (dataset = registered name or ctc_dataset)
+    # dense meta-architecture, losses, networks (XB-Net paper)
+    cfg.MODEL.DENSE.CLASS_WEIGHTS = (1.0, 10.0, 5.0)  # cross-entropy weights per class (paper: background 1, boundary 10, cell 5)
+    cfg.MODEL.DENSE.JREG_WEIGHT = 1.0  # weight of the J-regularization loss added to cross-entropy (paper: 1, equal weights; 0 = off)
+    cfg.MODEL.DENSE.IGNORE_VALUE = 255  # target value excluded from the losses (unlabelled / padded pixels)
+    cfg.MODEL.DENSE.INFERENCE_CONTEXT_PAD = 8  # reflection padding around images at inference (paper: 8, matches training)
+    cfg.MODEL.DENSE.XBNET = CN()
+    cfg.MODEL.DENSE.XBNET.BASE_CHANNELS = 32  # maps at the first stage, doubling per stage (paper: 32)
+    cfg.MODEL.DENSE.XBNET.NUM_STAGES = 4  # stride-2 downsamplings (paper: 4, bottleneck at 1/16)
+    cfg.MODEL.DENSE.XBNET.NORM = "GN"  # normalisation (paper: GN)
+    cfg.MODEL.DENSE.XBNET.GN_GROUPS = 8  # GroupNorm groups (paper: 8)
+    cfg.MODEL.DENSE.XBNET.ENTRY_KERNEL = 7  # kernel of the first entry-flow conv (authors' code: 7)
+    cfg.MODEL.DENSE.XBNET.DENSE_LAYERS = 4  # growth convs per residual dense block before its fusing conv (5 convs in all)
+    cfg.MODEL.DENSE.XBNET.RESIDUAL_SCALE = 0.2  # scale of the residual dense block's output before the skip sum
+    cfg.MODEL.DENSE.XBNET.ASPP = True  # ASPP with skip at the bottleneck
+    cfg.MODEL.DENSE.XBNET.ASPP_DILATIONS = (6, 12, 18)  # dilated ASPP pathways (plus a 1x1 and an image-pooling pathway)
+    cfg.MODEL.DENSE.UNET = CN()
+    cfg.MODEL.DENSE.UNET.ENCODER = "vgg"  # vgg | resnet50 | resnext50 (paper Sec. 4.3 backbones)
+    cfg.MODEL.DENSE.UNET.BASE_CHANNELS = 64  # VGG maps at the first stage, doubling per stage (original U-Net: 64)
+    cfg.MODEL.DENSE.UNET.DEPTH = 5  # VGG stages incl. the bottleneck (paper Base: 5, Depth6: 6)
+    cfg.MODEL.DENSE.UNET.NORM = "BN"  # BN | GN | SyncBN | naiveSyncBN (paper Base: BN, Groupnorm: GN)
+    cfg.MODEL.DENSE.UNET.GN_GROUPS = 8  # GroupNorm groups when NORM is GN
+    cfg.MODEL.DENSE.UNET.DOWNSAMPLE = "maxpool"  # maxpool | conv (3x3 stride 2: paper Convstride)
+    cfg.MODEL.DENSE.UNET.UPSAMPLE = "upconv"  # upconv (2x2 transposed conv) | pixelshuffle (paper Pixelshuffle)
+    cfg.MODEL.DENSE.UNET.ASPP = False  # ASPP at the bottleneck (paper Aspp)
+    cfg.MODEL.DENSE.UNET.ASPP_DILATIONS = (6, 12, 18)  # dilated ASPP pathways
+    # dense mapper (DenseTargetMapper)
+    cfg.INPUT.DENSE = CN()
+    cfg.INPUT.DENSE.CROP_SIZE = 256  # random square training crop side; -1 = the image's short side (paper CTC setting); 0 = whole image
+    cfg.INPUT.DENSE.DATASET_CROP_SIZES = []  # per-dataset crop sides, "name:size" strings (name = ctc_dataset of the dicts)
+    cfg.INPUT.DENSE.CONTEXT_PAD = 8  # reflection padding around training crops, loss ignored there (paper: 8; 16 for 6 stages)
+    cfg.INPUT.DENSE.FLIP = True  # random horizontal / vertical flips in training
+    cfg.INPUT.DENSE.ROTATE_90 = True  # random 90-degree rotations in training
+    # XB-Net training: cosine annealing with warm restarts, universal-training schemes
+    cfg.SOLVER.COSINE_RESTARTS = ()  # LR_SCHEDULER_NAME CosineWarmRestarts: iterations where the LR jumps back to BASE_LR (paper: epochs 100, 300, 700)
+    cfg.SOLVER.SCHEME_SEED = 0  # seed of the Shu / Cho dataset order (same on every rank, resumable: derived from the iteration)
 
 
 def _add_solver_config(cfg: CN) -> None:

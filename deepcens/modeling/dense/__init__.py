@@ -1,1 +1,23 @@
-"""(being written)"""
+"""Dense-prediction networks (U-Nets) found by ``cfg.MODEL.DENSE.NETWORK``.
+
+A builder in :data:`DENSE_NETWORK_REGISTRY` is called as ``builder(cfg)`` and returns an
+``nn.Module`` mapping images ``(B, MODEL.DENSE.INPUT_CHANNELS, H, W)`` to logits
+``(B, MODEL.DENSE.NUM_OUTPUTS, H, W)`` (H, W multiples of ``MODEL.DENSE.SIZE_DIVISIBILITY``).
+The dense meta-architecture (:mod:`deepcens.modeling.meta_arch.dense`) wraps any of them.
+"""
+from __future__ import annotations
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.utils.registry import Registry
+
+DENSE_NETWORK_REGISTRY = Registry("DENSE_NETWORK")
+DENSE_NETWORK_REGISTRY.__doc__ = "Dense networks: (cfg) -> nn.Module, (B,Cin,H,W) -> (B,NUM_OUTPUTS,H,W) logits."
+
+
+def build_dense_network(cfg: CfgNode) -> torch.nn.Module:
+    """The network named by ``cfg.MODEL.DENSE.NETWORK``."""
+    return DENSE_NETWORK_REGISTRY.get(cfg.MODEL.DENSE.NETWORK)(cfg)
+
+
+from deepcens.modeling.dense import xbnet, vgg_unet  # noqa: E402,F401  (registrations)

@@ -1,1 +1,2 @@
-"""(being written)"""
+"""Meta-architectures registered in detectron2's ``META_ARCH_REGISTRY``."""
+from deepcens.modeling.meta_arch.dense import DenseSegmentor  # noqa: F401  (registration)

@@ -1,0 +1,173 @@
+"""``DenseTargetMapper``: dataset dict -> normalised image (+ dense training target) for U-Net methods.
+
+Training follows the XB-Net paper (Sec. 3.2, 3.4): the image is normalised by its sequence's
+min/max intensity (``intensity_range`` of CTC dicts) to [0, 1]; the instance labels become
+the target of ``MODEL.DENSE.TARGET`` (255 = ignore, e.g. unlabelled cells of sparse CTC GT);
+then, in this order, a random square crop (``INPUT.DENSE.CROP_SIZE``, per dataset through
+``INPUT.DENSE.DATASET_CROP_SIZES``; -1 = the image's short side as at the CTC), random
+horizontal / vertical flips, a random multiple of 90-degree rotation, and reflection padding
+of ``INPUT.DENSE.CONTEXT_PAD`` (8) pixels on every side, where the target is 255 so that the
+loss sees only the crop (the padding gives the crop's border pixels their context).
+At test time the whole image is returned without target; the meta-architecture pads it.
+
+Dicts without ``intensity_range`` are normalised by ``INPUT.INTENSITY_MODE``; dicts with
+COCO-style polygon ``annotations`` instead of a label image (EVICAN) are rasterised.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.structures import polygons_to_bitmask
+
+from deepcens.data.io import to_float_rgb
+from deepcens.data.mappers import MAPPER_REGISTRY, read_record_image
+from deepcens.errors import DeepcensInputError
+
+
+def parse_dataset_crop_sizes(entries) -> dict[str, int]:
+    """``["Fluo-N2DH-SIM+:512", ...]`` -> ``{"Fluo-N2DH-SIM+": 512}`` (the last ``:`` splits)."""
+    sizes = {}
+    for entry in entries:
+        name, sep, size = str(entry).rpartition(":")
+        if not sep or not name:
+            raise ValueError(f"INPUT.DENSE.DATASET_CROP_SIZES entry {entry!r} is not 'name:size'")
+        sizes[name] = int(size)
+    return sizes
+
+
+def _annotations_to_labels(dataset_dict: dict) -> np.ndarray:
+    """Instance label image from polygon / RLE annotations (later objects drawn over earlier)."""
+    from pycocotools import mask as mask_util
+
+    height, width = int(dataset_dict["height"]), int(dataset_dict["width"])
+    labels = np.zeros((height, width), dtype=np.int32)
+    for index, ann in enumerate(a for a in dataset_dict["annotations"] if not a.get("iscrowd", 0)):
+        segm = ann.get("segmentation")
+        if isinstance(segm, list):
+            mask = polygons_to_bitmask(segm, height, width)
+        elif isinstance(segm, dict):
+            mask = mask_util.decode(segm if isinstance(segm["counts"], bytes)
+                                    else mask_util.frPyObjects(segm, height, width)).astype(bool)
+        else:
+            raise DeepcensInputError(dataset_dict.get("file_name"), "annotation without a segmentation")
+        labels[mask] = index + 1
+    return labels
+
+
+@MAPPER_REGISTRY.register()
+class DenseTargetMapper:
+    """Dense (U-Net) mapper; see the module docstring. Output keys: ``image`` (float32
+    ``(MODEL.DENSE.INPUT_CHANNELS, H, W)`` in [0, 1]), ``target`` (int64 ``(H, W)``, training
+    only) and the dict's own keys (``height``, ``width``, ``file_name``, ``ctc_dataset``, ...)."""
+
+    def __init__(self, cfg: CfgNode, is_train: bool = True):
+        from deepcens.data.targets import build_target  # C1's registry; imported when a mapper is built
+
+        self.is_train = is_train
+        self.target_fn = build_target(cfg) if is_train else None
+        self.channels = int(cfg.MODEL.DENSE.INPUT_CHANNELS)
+        self.intensity_mode = cfg.INPUT.INTENSITY_MODE
+        self.intensity_percentiles = tuple(cfg.INPUT.INTENSITY_PERCENTILES)
+        self.ignore_value = int(cfg.MODEL.DENSE.IGNORE_VALUE)
+        d = cfg.INPUT.DENSE
+        self.crop_size = int(d.CROP_SIZE)
+        self.dataset_crop_sizes = parse_dataset_crop_sizes(d.DATASET_CROP_SIZES)
+        self.context_pad = int(d.CONTEXT_PAD)
+        self.flip = bool(d.FLIP)
+        self.rotate = bool(d.ROTATE_90)
+
+    # ---- reading -----------------------------------------------------------------------------
+    def load_image(self, dataset_dict: dict) -> np.ndarray:
+        """(H, W, C) float32 in [0, 1] with C = ``MODEL.DENSE.INPUT_CHANNELS``."""
+        if "ctc_dataset" in dataset_dict:
+            from deepcens.data.ctc import read_ctc_image
+
+            image = read_ctc_image(dataset_dict)[:, :, None]
+        else:
+            raw = read_record_image(dataset_dict)  # a preloaded "image" array (predictor) or file_name
+            if dataset_dict.get("intensity_range"):
+                low, high = (float(v) for v in dataset_dict["intensity_range"])
+                image = (raw[:, :, :3].astype(np.float32) - low) / max(high - low, 1e-6)
+            else:
+                image = to_float_rgb(raw, self.intensity_mode, self.intensity_percentiles) / 255.0
+        image = np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
+        if image.shape[2] != self.channels:
+            if self.channels == 1:
+                image = image.mean(axis=2, keepdims=True)
+            elif image.shape[2] == 1:
+                image = np.repeat(image, self.channels, axis=2)
+            else:
+                raise DeepcensInputError(dataset_dict["file_name"],
+                                         f"image has {image.shape[2]} channels, the network takes {self.channels}")
+        if "height" in dataset_dict and tuple(image.shape[:2]) != (dataset_dict["height"], dataset_dict["width"]):
+            raise DeepcensInputError(
+                dataset_dict["file_name"], f"image size {image.shape[0]}x{image.shape[1]} differs from the dataset "
+                f"record {dataset_dict['height']}x{dataset_dict['width']}")
+        return image
+
+    def load_target(self, dataset_dict: dict) -> np.ndarray:
+        """uint8 (H, W) target of ``MODEL.DENSE.TARGET`` (255 = ignore)."""
+        from deepcens.data.targets import dense_target_for_dict
+
+        target = dense_target_for_dict(dataset_dict, self.target_fn)
+        if target is None and dataset_dict.get("annotations") is not None:
+            target = self.target_fn(_annotations_to_labels(dataset_dict), dilation=dataset_dict.get("target_dilation"))
+        if target is None:
+            raise DeepcensInputError(dataset_dict.get("file_name"),
+                                     "training record has no labels (label_file_name or annotations)")
+        return target
+
+    # ---- augmentation ------------------------------------------------------------------------
+    def crop_size_for(self, dataset_dict: dict, height: int, width: int) -> int:
+        size = self.crop_size
+        for key in (dataset_dict.get("dataset_name"), dataset_dict.get("ctc_dataset")):
+            if key in self.dataset_crop_sizes:
+                size = self.dataset_crop_sizes[key]
+                break
+        return min(height, width) if size < 0 else size
+
+    def augment(self, image: np.ndarray, target: np.ndarray, crop: int,
+                rng: np.random.RandomState | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Random square crop, flips, 90-degree rotation, context reflection padding (paper order)."""
+        rng = rng or np.random
+        if crop > 0:
+            pad_h, pad_w = max(crop - image.shape[0], 0), max(crop - image.shape[1], 0)
+            if pad_h or pad_w:  # image smaller than the crop: reflect, target ignored there
+                image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+                target = np.pad(target, ((0, pad_h), (0, pad_w)), constant_values=self.ignore_value)
+            top = int(rng.randint(0, image.shape[0] - crop + 1))
+            left = int(rng.randint(0, image.shape[1] - crop + 1))
+            image = image[top:top + crop, left:left + crop]
+            target = target[top:top + crop, left:left + crop]
+        if self.flip and rng.rand() < 0.5:
+            image, target = image[:, ::-1], target[:, ::-1]
+        if self.flip and rng.rand() < 0.5:
+            image, target = image[::-1], target[::-1]
+        if self.rotate:
+            k = int(rng.randint(0, 4))
+            image, target = np.rot90(image, k, axes=(0, 1)), np.rot90(target, k, axes=(0, 1))
+        if self.context_pad > 0:
+            p = self.context_pad
+            image = np.pad(image, ((p, p), (p, p), (0, 0)), mode="reflect" if min(image.shape[:2]) > p else "symmetric")
+            target = np.pad(target, ((p, p), (p, p)), constant_values=self.ignore_value)
+        return np.ascontiguousarray(image), np.ascontiguousarray(target)
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        record = {k: v for k, v in dataset_dict.items() if k != "annotations"}
+        record = copy.deepcopy(record)
+        image = self.load_image(dataset_dict)
+        record.setdefault("height", image.shape[0])
+        record.setdefault("width", image.shape[1])
+        if self.is_train:
+            target = self.load_target(dataset_dict)
+            if target.shape != image.shape[:2]:
+                raise DeepcensInputError(dataset_dict.get("label_file_name") or dataset_dict["file_name"],
+                                         f"target size {target.shape} differs from image size {image.shape[:2]}")
+            crop = self.crop_size_for(dataset_dict, *image.shape[:2])
+            image, target = self.augment(image, target, crop)
+            record["target"] = torch.as_tensor(target.astype(np.int64))
+        record["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return record

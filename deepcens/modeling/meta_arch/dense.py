@@ -1,0 +1,155 @@
+"""``DenseSegmentor``: one detectron2 meta-architecture for every dense-prediction (U-Net) method.
+
+It puts a network from ``DENSE_NETWORK_REGISTRY`` behind detectron2's model interface, so
+``tools/train_net.py``, ``launch``/DDP, checkpoints, the evaluator and prediction writing
+work unchanged for XB-Net and the other U-Nets:
+
+- training: inputs from ``DenseTargetMapper`` (``image`` in [0, 1], ``target`` with 255 =
+  ignore) are padded to a common size divisible by ``MODEL.DENSE.SIZE_DIVISIBILITY`` (target
+  padding ignored); returns the loss dict of ``MODEL.DENSE.LOSS``;
+- inference: each image of any size is reflection-padded by ``INFERENCE_CONTEXT_PAD`` and to
+  the size divisibility, run whole or (``MODEL.DENSE.SLIDING_WINDOW`` > 0) by overlapping
+  tiles whose softmax probabilities are blended with a smooth window, cropped back to the
+  original size, and handed to the decoder of ``MODEL.DENSE.DECODER``; returns
+  ``[{"instances": Instances}]``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import Instances
+from torch import nn
+from torch.nn import functional as F
+
+from deepcens.modeling.dense import build_dense_network
+from deepcens.modeling.losses import build_dense_loss
+
+
+def _pad_to(x: torch.Tensor, height: int, width: int, mode: str, value: float = 0.0) -> torch.Tensor:
+    """Pad the last two dims at bottom/right to (height, width); reflect falls back to replicate."""
+    pad_h, pad_w = height - x.shape[-2], width - x.shape[-1]
+    if pad_h == 0 and pad_w == 0:
+        return x
+    if mode == "constant":
+        return F.pad(x, (0, pad_w, 0, pad_h), value=value)
+    if mode == "reflect" and (pad_h >= x.shape[-2] or pad_w >= x.shape[-1]):
+        mode = "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def _round_up(value: int, divisor: int) -> int:
+    return int(math.ceil(value / divisor) * divisor)
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of tiles of side ``tile`` every ``stride`` pixels covering ``[0, length)``."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def blend_window(tile: int, overlap: float, device=None) -> torch.Tensor:
+    """(tile,) weights: 1 in the middle, a cosine ramp over the overlap at both ends, never 0."""
+    ramp = max(int(round(tile * overlap)), 1)
+    position = torch.arange(tile, dtype=torch.float32, device=device)
+    distance = torch.minimum(position + 0.5, tile - position - 0.5)  # to the nearer edge
+    weights = 0.5 - 0.5 * torch.cos(math.pi * torch.clamp(distance / ramp, max=1.0))
+    return weights.clamp(min=1e-3)
+
+
+@META_ARCH_REGISTRY.register()
+class DenseSegmentor(nn.Module):
+    """Dense-prediction meta-architecture (see the module docstring)."""
+
+    def __init__(self, cfg: CfgNode):
+        super().__init__()
+        from deepcens.postprocess.decoders import build_decoder  # C1's registry
+
+        d = cfg.MODEL.DENSE
+        self.network = build_dense_network(cfg)
+        self.criterion = build_dense_loss(cfg)
+        self.decoder: Callable[[torch.Tensor, str | None], Instances] = build_decoder(cfg)
+        self.size_divisibility = max(int(d.SIZE_DIVISIBILITY), int(getattr(self.network, "size_divisibility", 1)))
+        self.sliding_window = int(d.SLIDING_WINDOW)
+        self.sliding_overlap = float(d.SLIDING_OVERLAP)
+        if not 0.0 <= self.sliding_overlap < 1.0:
+            raise ValueError(f"MODEL.DENSE.SLIDING_OVERLAP must be in [0, 1), got {self.sliding_overlap}")
+        self.context_pad = int(d.INFERENCE_CONTEXT_PAD)
+        self.ignore_value = int(d.IGNORE_VALUE)
+        self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
+        self.to(torch.device(cfg.MODEL.DEVICE))
+
+    @property
+    def device(self) -> torch.device:
+        return self._device_anchor.device
+
+    def forward(self, batched_inputs: list[dict]):
+        if self.training:
+            return self.losses(batched_inputs)
+        return self.inference(batched_inputs)
+
+    # ---- training ----------------------------------------------------------------------------
+    def losses(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
+        """Loss dict for a batch of mapped training inputs (``image`` + ``target``)."""
+        height = _round_up(max(x["image"].shape[-2] for x in batched_inputs), self.size_divisibility)
+        width = _round_up(max(x["image"].shape[-1] for x in batched_inputs), self.size_divisibility)
+        images = torch.stack([_pad_to(x["image"].to(self.device, torch.float32), height, width, "constant")
+                              for x in batched_inputs])
+        targets = torch.stack([_pad_to(x["target"].to(self.device, torch.long), height, width, "constant",
+                                       self.ignore_value) for x in batched_inputs])
+        return self.criterion(self.network(images), targets)
+
+    # ---- inference ---------------------------------------------------------------------------
+    def predict_probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities ``(NUM_OUTPUTS, H, W)`` of one ``(C, H, W)`` image of any size."""
+        height, width = image.shape[-2:]
+        x = image.to(self.device, torch.float32)[None]
+        p = self.context_pad
+        if p > 0:
+            x = F.pad(x, (p, p, p, p), mode="reflect" if min(height, width) > p else "replicate")
+        tile = _round_up(self.sliding_window, self.size_divisibility) if self.sliding_window > 0 else 0
+        if tile and (x.shape[-2] > tile or x.shape[-1] > tile):
+            probabilities = self._sliding_window(x, tile)
+        else:
+            padded = _pad_to(x, _round_up(x.shape[-2], self.size_divisibility),
+                             _round_up(x.shape[-1], self.size_divisibility), "reflect")
+            probabilities = F.softmax(self.network(padded), dim=1)[0]
+        return probabilities[:, p:p + height, p:p + width]
+
+    def _sliding_window(self, x: torch.Tensor, tile: int) -> torch.Tensor:
+        """Blend softmax probabilities of overlapping ``tile`` x ``tile`` windows over ``x`` (1, C, H, W)."""
+        x = _pad_to(x, max(x.shape[-2], tile), max(x.shape[-1], tile), "reflect")
+        height, width = x.shape[-2:]
+        stride = max(int(tile * (1.0 - self.sliding_overlap)), 1)
+        window = blend_window(tile, self.sliding_overlap, x.device)
+        weight2d = window[:, None] * window[None, :]
+        total = None
+        weights = torch.zeros((height, width), device=x.device)
+        for top in tile_starts(height, tile, stride):
+            for left in tile_starts(width, tile, stride):
+                probs = F.softmax(self.network(x[..., top:top + tile, left:left + tile]), dim=1)[0]
+                if total is None:
+                    total = torch.zeros((probs.shape[0], height, width), device=x.device)
+                total[:, top:top + tile, left:left + tile] += probs * weight2d
+                weights[top:top + tile, left:left + tile] += weight2d
+        return total / weights
+
+    def inference(self, batched_inputs: list[dict]) -> list[dict]:
+        """``[{"instances": Instances}]``, one per input, in the size ``height`` x ``width`` of the input dict."""
+        results = []
+        for item in batched_inputs:
+            probabilities = self.predict_probabilities(item["image"])
+            out_h, out_w = int(item.get("height", probabilities.shape[-2])), int(item.get("width", probabilities.shape[-1]))
+            if (out_h, out_w) != tuple(probabilities.shape[-2:]):
+                probabilities = F.interpolate(probabilities[None], size=(out_h, out_w), mode="bilinear",
+                                              align_corners=False)[0]
+            dataset_name = item.get("dataset_name") or item.get("ctc_dataset")
+            instances = self.decoder(probabilities, dataset_name)
+            results.append({"instances": instances.to(self.device) if hasattr(instances, "to") else instances})
+        return results
