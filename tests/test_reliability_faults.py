@@ -158,6 +158,31 @@ def test_bad_input_policy_skip_trains_counts_and_warns(tmp_path, caplog):
     assert any("img_1.png" in record.getMessage() for record in caplog.records)
 
 
+def test_bad_input_in_a_dataloader_worker_keeps_its_one_line_error(tmp_path):
+    data_dir = str(tmp_path / "data")
+    reliability_tiny.make_tiny_dataset(data_dir)
+    truncated, _ = _break_two_images(data_dir)
+    trainer = _tiny_trainer(str(tmp_path / "run"), ["SOLVER.MAX_ITER", "4", "DATALOADER.NUM_WORKERS", "1"],
+                            data_dir=data_dir)
+    with pytest.raises(DeepcensInputError) as caught:
+        trainer.train()
+    assert caught.value.path in (truncated, os.path.join(data_dir, "img_2.png"))
+    assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)
+
+
+def test_skip_policy_counts_inside_dataloader_workers(tmp_path):
+    from deepcens.data.mappers import bad_input_skip_count
+
+    data_dir = str(tmp_path / "data")
+    reliability_tiny.make_tiny_dataset(data_dir)
+    _break_two_images(data_dir)
+    before = bad_input_skip_count()
+    trainer = _tiny_trainer(str(tmp_path / "run"), ["SOLVER.MAX_ITER", "3", "DATALOADER.NUM_WORKERS", "1",
+                                                    "DATASETS.BAD_INPUT_POLICY", "skip"], data_dir=data_dir)
+    trainer.train()
+    assert bad_input_skip_count() > before
+
+
 # ---------------------------------------------------------------- distributed faults
 def test_dist_timeout_from_argv_reads_config_and_options(tmp_path):
     from deepcens.engine.launch_utils import dist_timeout_from_argv

@@ -33,6 +33,8 @@ from detectron2.data import build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
+from deepcens.utils.worker_errors import input_error_from_worker
+
 logger = logging.getLogger(__name__)
 
 
@@ -121,9 +123,15 @@ class ResumableLoader:
 
     def __iter__(self) -> Iterator[Any]:
         self._started = True
-        for batch in self.loader:
-            self.consumed += len(batch)
-            yield batch
+        try:
+            for batch in self.loader:
+                self.consumed += len(batch)
+                yield batch
+        except RuntimeError as error:  # a worker's DeepcensInputError, re-raised by torch as text
+            converted = input_error_from_worker(error)
+            if converted is None:
+                raise
+            raise converted from None
 
     def state_dict(self) -> dict[str, int]:
         return {"seed": int(self.sampler.seed), "consumed": int(self.consumed)}
