@@ -173,3 +173,31 @@ def test_mapper_on_ctc_frame(shared_data):
     out = DenseTargetMapper(cfg, True)(record)
     assert out["image"].shape == (1, 72, 72) and out["target"].shape == (72, 72)
     assert int((out["target"] == 2).sum()) > 0 or int((out["target"] == 0).sum()) > 0
+
+
+def test_xbnet_configs_load_and_name_registered_parts():
+    from pathlib import Path
+
+    from deepcens.data.mappers import MAPPER_REGISTRY
+    from deepcens.engine.loops import TRAIN_LOOP_REGISTRY
+    from deepcens.engine.setup import load_config
+    from deepcens.modeling.dense import DENSE_NETWORK_REGISTRY
+    from deepcens.modeling.dense.blocks import num_parameters
+    from deepcens.modeling.losses import DENSE_LOSS_REGISTRY
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "xbnet"
+    files = sorted(folder.glob("*.yaml"))
+    assert len(files) >= 20
+    for path in files:
+        cfg = load_config(str(path))
+        assert cfg.MODEL.META_ARCHITECTURE == "DenseSegmentor", path.name
+        DENSE_NETWORK_REGISTRY.get(cfg.MODEL.DENSE.NETWORK)
+        DENSE_LOSS_REGISTRY.get(cfg.MODEL.DENSE.LOSS)
+        MAPPER_REGISTRY.get(cfg.INPUT.MAPPER)
+        TRAIN_LOOP_REGISTRY.get(cfg.SOLVER.TRAIN_SCHEME)
+    cfg = load_config(str(folder / "unet_scheme_acc.yaml"))
+    assert cfg.SOLVER.TRAIN_SCHEME == "Acc" and cfg.SOLVER.MAX_ITER * len(cfg.DATASETS.TRAIN) == pytest.approx(33800, abs=3)
+    cfg = load_config(str(folder / "xbnet_fluo_n2dh_sim.yaml"))
+    assert tuple(cfg.SOLVER.COSINE_RESTARTS) == (600, 1800, 4200) and cfg.SOLVER.MAX_ITER == 9000
+    cfg = load_config(str(folder / "xbnet_sim_cpu.yaml"))
+    assert num_parameters(build_model(cfg).network) == 713123
