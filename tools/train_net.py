@@ -16,6 +16,7 @@ import sys
 
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
+from torch.multiprocessing import ProcessRaisedException
 
 from deepcens.engine.checkpoint import DeepcensCheckpointer
 from deepcens.engine.outputs import finish_run
@@ -73,6 +74,12 @@ def run(argv: list[str] | None = None) -> int:
     except DeepcensInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except ProcessRaisedException as error:  # a spawned rank failed: show its last line
+        last_line = str(error).strip().splitlines()[-1]
+        if last_line.startswith("deepcens.errors.DeepcensInputError: "):
+            print(f"error: {last_line.split(': ', 1)[1]}", file=sys.stderr)
+            return 2
+        raise
     return 0
 
 

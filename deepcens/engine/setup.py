@@ -57,8 +57,7 @@ def prepare_datasets(cfg: CfgNode) -> None:
             make_synthetic(synthetic_root, seed=cfg.DATASETS.SYNTHETIC.SEED, num_train=num_train,
                            num_val=num_val, num_eval=num_eval, size=cfg.DATASETS.SYNTHETIC.SIZE)
         comm.synchronize()
-    evican.register_evican("evican", os.path.join(root, "EVICAN"))
-    evican.register_evican("synthetic_evican", os.path.join(synthetic_root, "evican"))
+    evican.register_evican_from_cfg(cfg)
 
 
 def quiet_console() -> None:
