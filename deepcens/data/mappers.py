@@ -26,6 +26,16 @@ MAPPER_REGISTRY.__doc__ = "Dataset mappers: (cfg, is_train) -> callable(dataset_
 logger = logging.getLogger(__name__)
 
 
+def read_record_image(dataset_dict: dict) -> np.ndarray:
+    """The record's raw ``(H, W, C)`` image: ``dataset_dict["image"]`` when the caller already
+    loaded it as a numpy array (the predictor does, e.g. for pages of a TIFF stack, which
+    have no file of their own), else :func:`read_image` of ``file_name``."""
+    image = dataset_dict.get("image")
+    if isinstance(image, np.ndarray):
+        return image if image.ndim == 3 else image[:, :, None]
+    return read_image(dataset_dict["file_name"])
+
+
 def build_mapper(cfg: CfgNode, is_train: bool):
     """The mapper named by ``cfg.INPUT.MAPPER``, applying ``cfg.DATASETS.BAD_INPUT_POLICY``."""
     mapper = MAPPER_REGISTRY.get(cfg.INPUT.MAPPER)(cfg, is_train)
@@ -110,7 +120,7 @@ class InstanceDatasetMapper(DatasetMapper):
 
     def load_image(self, dataset_dict: dict) -> np.ndarray:
         """(H, W, 3) float32 RGB on a 0..255 scale."""
-        image = read_image(dataset_dict["file_name"])
+        image = read_record_image(dataset_dict)
         image = to_float_rgb(image, self.intensity_mode, self.intensity_percentiles)
         utils.check_image_size(dataset_dict, image)
         return image
