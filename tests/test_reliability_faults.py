@@ -195,9 +195,10 @@ def test_dist_timeout_from_argv_reads_config_and_options(tmp_path):
         dist_timeout_from_argv(["--config-file", str(tmp_path / "missing.yaml")])
 
 
-@pytest.mark.parametrize("mode", ["hang", "die"])
-def test_peer_failure_ends_the_other_rank_with_an_error(mode):
-    timeout = 4
+def test_hung_peer_ends_the_waiting_rank_with_an_error_within_the_timeout():
+    """A rank that stops answering: the other times out in its collective; ``launch`` ends both.
+    (A rank that dies is covered by the spawned-rank bad-input test below.)"""
+    mode, timeout = "hang", 4
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     process = subprocess.Popen([sys.executable, str(REPO / "tests" / "reliability_dist.py"), mode, str(timeout)],
@@ -214,7 +215,28 @@ def test_peer_failure_ends_the_other_rank_with_an_error(mode):
     ended = time.monotonic()
     assert process.returncode != 0
     assert "rank0-done" not in stdout
-    if waiting_since is not None:  # with "die", rank 0 may be ended before it reaches the barrier
-        assert ended - waiting_since < timeout + 60
-    expected = "Timed out" if mode == "hang" else "exit code 3"
-    assert expected in stderr, stderr[-2000:]
+    assert waiting_since is not None and ended - waiting_since < timeout + 60
+    assert "Timed out" in stderr, stderr[-2000:]
+
+
+def test_bad_input_on_a_spawned_rank_gives_one_error_line_and_status_2():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "reliability_dist.py"), "bad", "30"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [
+        "error: data/broken.tif: cannot decode image"]
+
+
+def _bad_main(path: str) -> None:
+    raise DeepcensInputError(path, "unsupported pixel type int64")
+
+
+def test_launch_reporting_errors_single_process(capsys):
+    from deepcens.engine.launch_utils import launch_reporting_errors
+
+    assert launch_reporting_errors(_bad_main, 1, args=("x.tif",)) == 2
+    assert capsys.readouterr().err.strip() == "error: x.tif: unsupported pixel type int64"
+    assert launch_reporting_errors(lambda: None, 1) == 0

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-from typing import Sequence
+import functools
+import sys
+from typing import Any, Callable, Sequence
 
 from detectron2.config import CfgNode
 
@@ -35,3 +37,56 @@ def dist_timeout_from_argv(argv: Sequence[str] | None = None) -> datetime.timede
     from detectron2.engine import default_argument_parser
 
     return dist_timeout_from_args(default_argument_parser().parse_args(None if argv is None else list(argv)))
+
+
+#: exit status of the tools for bad input and for a training stopped by a non-finite loss
+EXIT_ERROR = 2
+
+
+class exit_on_error:  # noqa: N801  (used as a decorator)
+    """Wrap a tool's ``main``: ``DeepcensInputError`` / ``NonFiniteLossError`` become one
+    ``error: ...`` line on stderr and exit status 2, in every process ``launch`` starts
+    (exceptions of spawned ranks would otherwise reach the parent only as traceback text).
+
+    A class, not a closure, so the wrapped ``main`` pickles for ``launch``'s spawn.
+    """
+
+    def __init__(self, main: Callable):
+        self.main = main
+        functools.update_wrapper(self, main)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from deepcens.engine.hooks import NonFiniteLossError
+        from deepcens.errors import DeepcensInputError
+
+        try:
+            return self.main(*args, **kwargs)
+        except (DeepcensInputError, NonFiniteLossError) as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_ERROR) from None
+
+    def __reduce__(self):
+        return (exit_on_error, (self.main,))
+
+
+def launch_reporting_errors(main: Callable, num_gpus_per_machine: int, **launch_kwargs: Any) -> int:
+    """detectron2's ``launch`` of ``exit_on_error(main)``; returns the tool's exit status.
+
+    A rank that stopped with a reported error (status 2) makes ``launch`` end the others and
+    raise ``ProcessExitedException``; that becomes status 2 without a second traceback.
+    """
+    from detectron2.engine import launch
+    from torch.multiprocessing import ProcessExitedException
+
+    guarded = main if isinstance(main, exit_on_error) else exit_on_error(main)
+    try:
+        launch(guarded, num_gpus_per_machine, **launch_kwargs)
+    except SystemExit as exit_request:  # single process: main ran here
+        if exit_request.code == EXIT_ERROR:
+            return EXIT_ERROR
+        raise
+    except ProcessExitedException as error:
+        if error.exit_code == EXIT_ERROR:
+            return EXIT_ERROR
+        raise
+    return 0
