@@ -164,6 +164,11 @@ def test_ctc_sequence_is_valid_for_py_ctcmetrics(synth, tmp_path):
         alive = {l for l, (b, e, _) in by_label.items() if b <= t <= e}
         assert set(np.unique(tra)) - {0} == alive
         assert set(np.unique(seg)) - {0} == alive
+    first = tifffile.imread(ctc / "01_GT" / "SEG" / "man_seg000.tif")
+    last = tifffile.imread(ctc / "01_GT" / "SEG" / f"man_seg{frames - 1:03d}.tif")
+    steady = [l for l, (b, e, _) in by_label.items() if b == 0 and e == frames - 1]
+    shifts = [np.hypot(*(np.argwhere(first == l).mean(0) - np.argwhere(last == l).mean(0))) for l in steady]
+    assert steady and np.mean(shifts) > 0.5  # cells move
     # py-ctcmetrics' own validity check, run on the GT laid out as a result folder.
     res = tmp_path / "Synthetic-Cells" / "01_RES"
     res.mkdir(parents=True)
