@@ -273,11 +273,17 @@ def merge_tiled_instances(parts: Sequence[tuple[Instances, int, int]], image_siz
                                  mask[y0:y1, x0:x1].copy(), float(score), int(cls), bool(truncated)))
     pieces.sort(key=lambda p: (p.truncated, -p.score))
     kept: list[_Piece] = []
+    kept_boxes = np.zeros((len(pieces), 4), dtype=np.int64)  # kept boxes, vectorised overlap pre-check
+    kept_classes = np.zeros(len(pieces), dtype=np.int64)
     for piece in pieces:
         merged_into = None
-        for other in kept:
-            if other.cls != piece.cls:
-                continue
+        count = len(kept)
+        boxes = kept_boxes[:count]
+        overlapping = np.nonzero((kept_classes[:count] == piece.cls)
+                                 & (boxes[:, 0] < piece.box[2]) & (boxes[:, 2] > piece.box[0])
+                                 & (boxes[:, 1] < piece.box[3]) & (boxes[:, 3] > piece.box[1]))[0]
+        for other_index in overlapping:
+            other = kept[other_index]
             ix0, iy0 = max(piece.box[0], other.box[0]), max(piece.box[1], other.box[1])
             ix1, iy1 = min(piece.box[2], other.box[2]), min(piece.box[3], other.box[3])
             if ix0 >= ix1 or iy0 >= iy1:
@@ -286,12 +292,14 @@ def merge_tiled_instances(parts: Sequence[tuple[Instances, int, int]], image_siz
             b = other.mask[iy0 - other.box[1]:iy1 - other.box[1], ix0 - other.box[0]:ix1 - other.box[0]]
             inter = int(np.logical_and(a, b).sum())
             if inter >= overlap_threshold * min(int(piece.mask.sum()), int(other.mask.sum())):
-                merged_into = other
+                merged_into = int(other_index)
                 break
         if merged_into is None:
+            kept_boxes[len(kept)], kept_classes[len(kept)] = piece.box, piece.cls
             kept.append(piece)
-        elif piece.truncated and merged_into.truncated:
-            _join(merged_into, piece)
+        elif piece.truncated and kept[merged_into].truncated:
+            _join(kept[merged_into], piece)
+            kept_boxes[merged_into] = kept[merged_into].box
     result = Instances((height, width))
     masks = np.zeros((len(kept), height, width), dtype=bool)
     for index, piece in enumerate(kept):
