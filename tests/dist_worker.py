@@ -23,8 +23,9 @@ DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "synthetic_cell_nucleus.yaml
 
 
 def weights_digest(model: torch.nn.Module) -> str:
+    """Digest of the trainable parameters (BN running statistics stay per rank, as in detectron2)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(model.named_parameters()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -62,4 +63,4 @@ def worker(out_dir: str, opts: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    launch(worker, 2, args=(sys.argv[1], sys.argv[2:]))
+    launch(worker, 2, dist_url="auto", args=(sys.argv[1], sys.argv[2:]))

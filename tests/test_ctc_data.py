@@ -240,7 +240,7 @@ def test_label_size_mismatch_is_reported(tmp_path):
 
 
 def test_synthetic_sequence_registers(tmp_path):
-    synthetic = pytest.importorskip("deepcens.data.synthetic")
+    from deepcens.data import synthetic
     synthetic.make_synthetic(str(tmp_path), seed=0, num_train=1, num_val=1, num_eval=1, size=64, ctc_frames=4)
     name = ctc.register_ctc_dataset("t_synthetic_ctc", str(tmp_path / "ctc"), "Synthetic-Cells", None, "GT")
     dicts = DatasetCatalog.get(name)

@@ -161,7 +161,7 @@ def test_bad_json_fails_naming_file_or_is_skipped_with_a_count(tmp_path, case, c
 
 
 def test_synthetic_generator_output_registers(tmp_path):
-    synthetic = pytest.importorskip("deepcens.data.synthetic")
+    from deepcens.data import synthetic
     if not hasattr(synthetic, "make_synthetic"):
         pytest.skip("deepcens.data.synthetic.make_synthetic not written yet")
     synthetic.make_synthetic(str(tmp_path), seed=0, num_train=3, num_val=2, num_eval=1, size=64, ctc_frames=0)

@@ -106,7 +106,7 @@ def test_format_follows_content_not_suffix(tmp_path):
     assert np.array_equal(pixel_io.read_image(tmp_path / "really_a_png.tif")[..., 0], image.astype(np.uint8))
 
 
-# ---------------------------------------------------------------- COCO / EVICAN json (helper A2's reader)
+# ---------------------------------------------------------------- COCO / EVICAN json
 def _coco(tmp_path, mutate) -> str:
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((16, 16), np.uint8))
     data = {
@@ -147,7 +147,7 @@ def test_coco_json_not_json(tmp_path):
     _expect(path, lambda: load_evican_json(str(path), str(tmp_path)), "cannot read json")
 
 
-# ---------------------------------------------------------------- CTC folders (helper C1's reader)
+# ---------------------------------------------------------------- CTC folders
 def _ctc(root: str, frames: int = 3) -> str:
     seq = os.path.join(root, "DS", "01")
     for folder in (seq, seq + "_GT/SEG", seq + "_GT/TRA"):

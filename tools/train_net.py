@@ -9,16 +9,15 @@ With no GPU, ``--num-gpus N`` starts N CPU processes on gloo.
 """
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import sys
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
-from torch.multiprocessing import ProcessRaisedException
 
 from deepcens.engine.checkpoint import DeepcensCheckpointer
+from deepcens.engine.launch_utils import EXIT_ERROR, dist_timeout_from_args, launch_reporting_errors
 from deepcens.engine.outputs import finish_run
 from deepcens.engine.progress import ProgressBarHook
 from deepcens.engine.setup import load_config, prepare_datasets, quiet_console
@@ -55,7 +54,8 @@ def main(args):
             trainer.register_hooks([ProgressBarHook(cfg.SOLVER.MAX_ITER)])
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
-        if len(cfg.DATASETS.VAL) or not results:
+        # the end-of-training eval hook scored DATASETS.VAL when set: score the test sets too
+        if (len(cfg.DATASETS.VAL) and tuple(cfg.DATASETS.VAL) != tuple(cfg.DATASETS.TEST)) or not results:
             results = Trainer.test(cfg, trainer.model)
         model = trainer.model
     summary = finish_run(cfg, model, results)
@@ -66,21 +66,16 @@ def main(args):
 
 
 def run(argv: list[str] | None = None) -> int:
+    """Parse the command line and launch ``main`` on every process; returns the exit status."""
     args = default_argument_parser().parse_args(argv)
     try:
-        timeout_seconds = load_config(args.config_file, args.opts).DIST_TIMEOUT_SECONDS
-        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,), timeout=datetime.timedelta(seconds=timeout_seconds))
+        timeout = dist_timeout_from_args(args)
     except DeepcensInputError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    except ProcessRaisedException as error:  # a spawned rank failed: show its last line
-        last_line = str(error).strip().splitlines()[-1]
-        if last_line.startswith("deepcens.errors.DeepcensInputError: "):
-            print(f"error: {last_line.split(': ', 1)[1]}", file=sys.stderr)
-            return 2
-        raise
-    return 0
+        return EXIT_ERROR
+    return launch_reporting_errors(main, args.num_gpus, num_machines=args.num_machines,
+                                   machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,),
+                                   timeout=timeout)
 
 
 if __name__ == "__main__":

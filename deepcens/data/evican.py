@@ -170,6 +170,11 @@ def check_segmentation(segmentation: Any, height: int, width: int) -> tuple[list
     return polygons, [x0, y0, x1 - x0, y1 - y0], area
 
 
+def _is_id(value: Any) -> bool:
+    """COCO ids are integers or strings (hashable scalars), never lists, dicts or booleans."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def load_evican_json(
     json_file: str,
     image_root: str,
@@ -205,7 +210,7 @@ def load_evican_json(
 
     names: dict[Any, str] = {}
     for category in data["categories"]:
-        if not isinstance(category, dict) or "id" not in category or not isinstance(category.get("name"), str):
+        if not isinstance(category, dict) or not _is_id(category.get("id")) or not isinstance(category.get("name"), str):
             raise DeepcensInputError(json_file, f"category entry without 'id' and 'name': {category!r}"[:200])
         names[category["id"]] = category["name"].strip().lower()
     wanted = SETTINGS[setting]
@@ -227,7 +232,10 @@ def load_evican_json(
             continue
         missing = [k for k in ("id", "file_name", "height", "width") if k not in image]
         if missing:
-            problems.report("bad image entries", f"image entry {image.get('id', '?')} misses keys {missing}")
+            problems.report("bad image entries", f"image entry {image.get('id', '?')!r} misses keys {missing}"[:200])
+            continue
+        if not _is_id(image["id"]) or not isinstance(image["file_name"], str):
+            problems.report("bad image entries", f"image entry has a non-scalar id or non-string file_name: {image!r}"[:200])
             continue
         if image["id"] in records:
             raise DeepcensInputError(json_file, f"duplicate image id {image['id']}")
@@ -242,7 +250,8 @@ def load_evican_json(
         records[image["id"]] = {"file_name": file_name, "image_id": image["id"], "height": height,
                                 "width": width, "annotations": []}
 
-    skipped_images = {image.get("id") for image in data["images"] if isinstance(image, dict)} - set(records)
+    skipped_images = {image.get("id") for image in data["images"]
+                      if isinstance(image, dict) and _is_id(image.get("id"))} - set(records)
     for index, ann in enumerate(data["annotations"]):
         label = f"annotation {ann.get('id', index) if isinstance(ann, dict) else index}"
         if not isinstance(ann, dict):
@@ -251,6 +260,9 @@ def load_evican_json(
         missing = [k for k in ("image_id", "category_id", "segmentation") if k not in ann]
         if missing:
             problems.report("bad annotations", f"{label} misses keys {missing}")
+            continue
+        if not (_is_id(ann["image_id"]) and _is_id(ann["category_id"])):
+            problems.report("bad annotations", f"{label} has a non-scalar image_id or category_id")
             continue
         if ann["category_id"] not in names:
             problems.report("unknown category ids", f"{label} has unknown category_id {ann['category_id']!r}")
