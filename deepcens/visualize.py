@@ -12,7 +12,8 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-from detectron2.structures import Instances
+import torch
+from detectron2.structures import Boxes, Instances
 
 from deepcens.postprocess.instances import instance_masks
 from deepcens.utils.atomic import atomic_save_bytes
@@ -101,6 +102,25 @@ def draw_instances(
             _draw_legend(canvas, [(class_names[c] if c < len(class_names) else f"class {c}", class_color(c))
                                   for c in present], font_scale)
     return canvas
+
+
+def upscale_for_display(image_rgb_uint8: np.ndarray, instances: Instances,
+                        min_side: int = 512) -> tuple[np.ndarray, Instances]:
+    """Enlarge a small image and its instances by an integer factor (nearest neighbour) so that
+    contours and score labels stay readable; images already ``min_side`` or larger pass through."""
+    factor = int(np.ceil(min_side / max(1, min(image_rgb_uint8.shape[:2]))))
+    if factor <= 1:
+        return image_rgb_uint8, instances
+    image = np.repeat(np.repeat(image_rgb_uint8, factor, axis=0), factor, axis=1)
+    masks = torch.as_tensor(instance_masks(instances, 0.5))
+    scaled = Instances(image.shape[:2])
+    scaled.pred_masks = masks.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
+    for field in ("scores", "pred_classes"):
+        if instances.has(field):
+            scaled.set(field, instances.get(field))
+    if instances.has("pred_boxes"):
+        scaled.pred_boxes = Boxes(instances.pred_boxes.tensor * factor)
+    return image, scaled
 
 
 def _draw_legend(canvas: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]], font_scale: float) -> None:

@@ -21,10 +21,11 @@ logger = logging.getLogger(__name__)
 
 
 def write_overlays(cfg: CfgNode, model: torch.nn.Module, dataset_name: str, output_dir: str,
-                   count: int) -> list[str]:
-    """Predict the first ``count`` images of ``dataset_name`` and write overlay PNGs."""
+                   count: int, score_threshold: float = 0.5) -> list[str]:
+    """Predict the first ``count`` images of ``dataset_name`` and write overlay PNGs of the
+    instances scoring at least ``score_threshold``."""
     from deepcens.data.io import read_image, to_float_rgb
-    from deepcens.visualize import draw_instances, write_overlay
+    from deepcens.visualize import draw_instances, upscale_for_display, write_overlay
 
     if count <= 0:
         return []
@@ -39,7 +40,9 @@ def write_overlays(cfg: CfgNode, model: torch.nn.Module, dataset_name: str, outp
                 instances = model([mapper(record)])[0]["instances"].to("cpu")
             image = to_float_rgb(read_image(record["file_name"]), cfg.INPUT.INTENSITY_MODE,
                                  tuple(cfg.INPUT.INTENSITY_PERCENTILES))
-            drawing = draw_instances(np.clip(image, 0, 255).astype(np.uint8), instances, class_names)
+            instances = instances[instances.scores >= score_threshold]
+            display, instances = upscale_for_display(np.clip(image, 0, 255).astype(np.uint8), instances)
+            drawing = draw_instances(display, instances, class_names)
             stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
             path = os.path.join(output_dir, "overlays", f"{dataset_name}_{stem}.png")
             write_overlay(path, drawing)
