@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from typing import Callable
 
 
 class DeepcensInputError(ValueError):
@@ -15,3 +17,12 @@ class DeepcensInputError(ValueError):
         self.path = None if path is None else os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+def run_tool(main: Callable[[], int]) -> int:
+    """Run a tool's ``main``: bad input becomes one ``error: ...`` line on stderr and status 2."""
+    try:
+        return main()
+    except DeepcensInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

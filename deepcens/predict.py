@@ -39,6 +39,7 @@ from detectron2.structures import Boxes, Instances
 
 from deepcens.data.io import IMAGE_SUFFIXES, iter_image_files, read_image, read_stack
 from deepcens.errors import DeepcensInputError
+from deepcens.modeling.meta_arch.dense import tile_starts
 from deepcens.postprocess.instances import instance_masks, instances_to_label_image, mask_to_rle
 from deepcens.utils.atomic import atomic_save_bytes, atomic_save_json, atomic_write
 
@@ -224,13 +225,6 @@ def sequence_intensity_range(source: Source, reader: PageReader) -> tuple[float,
 
 
 # ---- tiled R-CNN inference -------------------------------------------------------------------
-def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Start offsets of tiles of side ``tile`` every ``stride`` pixels covering ``[0, length)``."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from deepcens.errors import DeepcensInputError
+from deepcens.errors import run_tool
 from deepcens.utils.atomic import atomic_save_json
 
 logger = logging.getLogger("deepcens.grid_search")
@@ -189,8 +189,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except DeepcensInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_tool(main))

@@ -14,7 +14,7 @@ import sys
 import time
 
 from deepcens.data.synthetic import make_synthetic
-from deepcens.errors import DeepcensInputError
+from deepcens.errors import run_tool
 
 
 def _at_least(minimum: int):
@@ -58,8 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except DeepcensInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_tool(main))
