@@ -61,7 +61,8 @@ def prepare_datasets(cfg: CfgNode) -> None:
 
 
 def quiet_console() -> None:
-    """Keep only warnings on the console (the full log stays in ``OUTPUT_DIR/log.txt``)."""
+    """Keep only warnings on the console (the full log stays in ``OUTPUT_DIR/log.txt``), except
+    detectron2's inference progress lines, so that long evaluations still show progress."""
     import sys
 
     for name in ("detectron2", "fvcore", "deepcens", "d2"):
@@ -69,3 +70,10 @@ def quiet_console() -> None:
             if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (
                     sys.stdout, sys.stderr):
                 handler.setLevel(logging.WARNING)
+    inference_logger = logging.getLogger("detectron2.evaluation.evaluator")
+    if not any(getattr(handler, "_deepcens_progress", False) for handler in inference_logger.handlers):
+        progress = logging.StreamHandler(sys.stdout)
+        progress.setLevel(logging.INFO)
+        progress.setFormatter(logging.Formatter("[evaluation] %(message)s"))
+        progress._deepcens_progress = True
+        inference_logger.addHandler(progress)
