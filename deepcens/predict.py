@@ -433,7 +433,7 @@ class SummaryTable:
 
     def add(self, source: Source, page: Page, output: str, instances: Instances, mask_threshold: float) -> dict:
         height, width = instances.image_size
-        areas = instance_masks(instances, mask_threshold).reshape(len(instances), -1).sum(1)
+        areas = instance_masks(instances, mask_threshold).reshape(len(instances), height * width).sum(1)
         classes = instances.pred_classes.numpy() if instances.has("pred_classes") else np.zeros(len(instances), int)
         row = {"input": page.file_name, "frame": "" if page.frame is None else page.frame, "output": output,
                "height": height, "width": width, "instances": len(instances),

@@ -165,6 +165,18 @@ def test_stacks_float_and_channels(tiny_config, tmp_path):
     assert [r["frame"] for r in rows] == ["", "1", "2", ""]
 
 
+def test_image_without_detections_gives_empty_label_image_and_csv_row(tiny_config, tmp_path):
+    """A threshold no score reaches: an all-zero label image and a zero row, not a crash."""
+    cv2.imwrite(str(tmp_path / "dark.png"), np.zeros((48, 40), dtype=np.uint8))
+    out = tmp_path / "out"
+    predict(load(tiny_config), [str(tmp_path / "dark.png")], str(out), score_threshold=1.01, progress=False,
+            overlays=True)
+    labels = tifffile.imread(out / "labels" / "dark.tif")
+    assert labels.shape == (48, 40) and not labels.any()
+    rows = read_csv(out / "summary.csv")
+    assert len(rows) == 1 and rows[0]["instances"] == "0" and rows[0]["mean_area"] == "0.0"
+
+
 def test_tiled_inference_gives_full_size_instances(tiny_config, tmp_path):
     torch.manual_seed(3)
     image = np.random.default_rng(1).integers(0, 255, (150, 100, 3), dtype=np.uint8)
