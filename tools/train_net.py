@@ -15,6 +15,7 @@ import sys
 
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from deepcens.engine.checkpoint import DeepcensCheckpointer
 from deepcens.engine.launch_utils import EXIT_ERROR, dist_timeout_from_args, launch_reporting_errors
@@ -29,14 +30,15 @@ logger = logging.getLogger("deepcens")
 
 def setup(args):
     """Config from file + options, logging, dataset registration (and synthetic data on first use)."""
-    cfg = load_config(args.config_file, args.opts, freeze=False)
-    cfg.freeze()
-    default_setup(cfg, args)
-    from detectron2.utils.logger import setup_logger
-
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="deepcens")
+    cfg = load_config(args.config_file, args.opts)
+    rank = comm.get_rank()
+    # the same (cached) loggers default_setup builds, made quiet before it logs the full config
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="fvcore")
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="deepcens")
     if cfg.CONSOLE == "progress":
         quiet_console()
+    default_setup(cfg, args)
     prepare_datasets(cfg)
     return cfg
 
