@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from deepcens.data.io import read_json
 from deepcens.errors import DeepcensInputError
 from deepcens.utils.atomic import atomic_save_bytes, atomic_write
 
@@ -241,14 +242,6 @@ def _prediction_instances(entries: Sequence[dict], height: int, width: int, data
     return result
 
 
-def _read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DeepcensInputError(path, f"cannot read JSON ({exc})") from None
-
-
 def _dataset_folders(eval_dir: str) -> list[tuple[str, str]]:
     """(dataset name, folder) for every ``per_image.json`` under ``eval_dir`` (or ``eval_dir/inference``)."""
     found = []
@@ -257,7 +250,7 @@ def _dataset_folders(eval_dir: str) -> list[tuple[str, str]]:
             found.append(root)
     datasets = []
     for folder in found:
-        data = _read_json(os.path.join(folder, "per_image.json"))
+        data = read_json(os.path.join(folder, "per_image.json"))
         if not isinstance(data, dict) or "images" not in data:
             raise DeepcensInputError(os.path.join(folder, "per_image.json"), "not a deepcens per-image file")
         datasets.append((str(data.get("dataset") or os.path.basename(folder)), folder))
@@ -296,7 +289,7 @@ def build_report(eval_dir: str, report_dir: str | None = None, count: int = 3,
         raise DeepcensInputError(eval_dir, "evaluation folder not found")
     report_dir = report_dir or os.path.join(eval_dir, "report")
     evaluation_path = os.path.join(eval_dir, "evaluation.json")
-    evaluation = _read_json(evaluation_path) if os.path.isfile(evaluation_path) else None
+    evaluation = read_json(evaluation_path) if os.path.isfile(evaluation_path) else None
     datasets = _dataset_folders(eval_dir)
     if evaluation is None and not datasets:
         raise DeepcensInputError(eval_dir, "holds neither evaluation.json nor any per_image.json")
@@ -322,10 +315,10 @@ def build_report(eval_dir: str, report_dir: str | None = None, count: int = 3,
 
     panels: list[str] = []
     for dataset, folder in datasets:
-        per_image = _read_json(os.path.join(folder, "per_image.json"))
+        per_image = read_json(os.path.join(folder, "per_image.json"))
         class_names = list(per_image.get("class_names") or [])
         predictions_path = os.path.join(folder, "coco_instances_results.json")
-        predictions = _read_json(predictions_path) if os.path.isfile(predictions_path) else []
+        predictions = read_json(predictions_path) if os.path.isfile(predictions_path) else []
         by_image: dict[str, list[dict]] = {}
         for entry in predictions:
             by_image.setdefault(str(entry.get("image_id")), []).append(entry)

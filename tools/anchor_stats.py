@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import re
 import sys
@@ -43,14 +42,9 @@ def load_json_boxes(json_file: str) -> tuple[list[dict], list[str]]:
     (EVICAN2 files carry polygons only).
     """
     from deepcens.data.evican import check_segmentation
+    from deepcens.data.io import read_json
 
-    try:
-        with open(json_file, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise DeepcensInputError(json_file, "file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DeepcensInputError(json_file, f"cannot read json ({exc})") from None
+    data = read_json(json_file)
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
         raise DeepcensInputError(json_file, "not a COCO instances json (needs lists 'images', 'annotations', 'categories')")
     try:

@@ -23,7 +23,6 @@ Loading is lazy: missing files raise :class:`DeepcensInputError` only when a dat
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -35,6 +34,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from pycocotools import mask as mask_util
 
+from deepcens.data.io import read_json
 from deepcens.errors import DeepcensInputError
 
 logger = logging.getLogger(__name__)
@@ -195,13 +195,7 @@ def load_evican_json(
     if setting not in SETTINGS:
         raise ValueError(f"EVICAN setting must be one of {sorted(SETTINGS)}, got {setting!r}")
     problems = _Problems(json_file, policy)
-    try:
-        with open(json_file, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise DeepcensInputError(json_file, "annotation file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DeepcensInputError(json_file, f"cannot read json ({exc})") from None
+    data = read_json(json_file)
     if not isinstance(data, dict):
         raise DeepcensInputError(json_file, "json top level is not an object")
     for key in ("images", "annotations", "categories"):

@@ -5,8 +5,9 @@ the same clear :class:`~deepcens.errors.DeepcensInputError` everywhere.
 """
 from __future__ import annotations
 
+import json
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -196,6 +197,18 @@ def to_float_rgb(image: np.ndarray, mode: str = "dtype", percentiles: tuple[floa
     if data.shape[2] == 1:
         data = np.repeat(data, 3, axis=2)
     return np.ascontiguousarray(data)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; a missing or unreadable file is a one-line ``DeepcensInputError``."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise DeepcensInputError(path, "file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DeepcensInputError(path, _one_line(f"cannot read json ({exc})")) from None
 
 
 def iter_image_files(folder: str | os.PathLike) -> Iterator[str]:
