@@ -33,6 +33,7 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 def worker(out_dir: str, opts: list[str]) -> None:
     torch.set_num_threads(1)
+    from deepcens.engine.launch_utils import end_process_group
     from deepcens.engine.setup import load_config, prepare_datasets
     from deepcens.engine.trainer import Trainer
 
@@ -44,7 +45,7 @@ def worker(out_dir: str, opts: list[str]) -> None:
     original_write = loop._write_metrics
 
     def recording_write(loss_dict, data_time, *args, **kwargs):
-        local_losses.append({key: float(value) for key, value in loss_dict.items()})
+        local_losses.append({key: float(value.detach()) for key, value in loss_dict.items()})
         return original_write(loss_dict, data_time, *args, **kwargs)
 
     loop._write_metrics = recording_write
@@ -60,6 +61,7 @@ def worker(out_dir: str, opts: list[str]) -> None:
         with open(os.path.join(out_dir, "dist_report.json"), "w") as handle:
             json.dump({"ranks": reports, "logged_total_loss": logged,
                        "world_size": comm.get_world_size()}, handle)
+    end_process_group()
 
 
 if __name__ == "__main__":

@@ -78,6 +78,9 @@ def worker(data_dir: str, out_dir: str) -> None:
     if comm.is_main_process():
         with open(os.path.join(out_dir, "acc_report.json"), "w") as handle:
             json.dump(reports, handle)
+    from deepcens.engine.launch_utils import end_process_group
+
+    end_process_group()
 
 
 if __name__ == "__main__":

@@ -39,6 +39,20 @@ def dist_timeout_from_argv(argv: Sequence[str] | None = None) -> datetime.timede
     return dist_timeout_from_args(default_argument_parser().parse_args(None if argv is None else list(argv)))
 
 
+def end_process_group() -> None:
+    """Wait for every rank, then tear the process groups down.
+
+    ``launch`` leaves them to interpreter exit, where gloo's threads can abort the process
+    ("terminate called without an active exception") after the work is done.
+    """
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
+
+
 #: exit status of the tools for bad input and for a training stopped by a non-finite loss
 EXIT_ERROR = 2
 
@@ -60,7 +74,9 @@ class exit_on_error:  # noqa: N801  (used as a decorator)
         from deepcens.errors import DeepcensInputError
 
         try:
-            return self.main(*args, **kwargs)
+            result = self.main(*args, **kwargs)
+            end_process_group()
+            return result
         except (DeepcensInputError, NonFiniteLossError) as error:
             print(f"error: {error}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_ERROR) from None
