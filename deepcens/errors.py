@@ -1,6 +1,7 @@
 """Errors that tools turn into one-line messages instead of tracebacks."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Callable
@@ -19,10 +20,14 @@ class DeepcensInputError(ValueError):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
-def run_tool(main: Callable[[], int]) -> int:
-    """Run a tool's ``main``: bad input becomes one ``error: ...`` line on stderr and status 2."""
-    try:
-        return main()
-    except DeepcensInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def exit_2_on_input_error(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate a tool's ``main``: ``DeepcensInputError`` becomes one ``error: ...`` line on
+    stderr and return status 2, the convention of every deepcens tool."""
+    @functools.wraps(main)
+    def guarded(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except DeepcensInputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    return guarded

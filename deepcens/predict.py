@@ -38,7 +38,7 @@ from detectron2.config import CfgNode
 from detectron2.structures import Boxes, Instances
 
 from deepcens.data.io import IMAGE_SUFFIXES, iter_image_files, read_image, read_stack
-from deepcens.errors import DeepcensInputError
+from deepcens.errors import DeepcensInputError, exit_2_on_input_error
 from deepcens.modeling.meta_arch.dense import tile_starts
 from deepcens.postprocess.instances import instance_masks, instances_to_label_image, mask_to_rle
 from deepcens.utils.atomic import atomic_save_bytes, atomic_save_json, atomic_write
@@ -690,15 +690,12 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(parser.parse_args(argv))
 
 
+@exit_2_on_input_error
 def run_cli(args: argparse.Namespace) -> int:
     """Run with logging to stderr and the error convention of deepcens tools."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    try:
-        result = run(args)
-    except DeepcensInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = run(args)
     note = " (random weights)" if result["random_weights"] else ""
     print(f"{result['images']} images, {result['instances']} instances{note}; outputs in "
           f"{os.path.abspath(result['output_dir'])}")

@@ -22,13 +22,12 @@ import json
 import logging
 import math
 import os
-import sys
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from deepcens.data.io import read_json
-from deepcens.errors import DeepcensInputError
+from deepcens.errors import DeepcensInputError, exit_2_on_input_error
 from deepcens.utils.atomic import atomic_save_bytes, atomic_write
 
 logger = logging.getLogger(__name__)
@@ -145,6 +144,7 @@ def plot_metrics(output_dir: str, plot_dir: str | None = None,
     return written
 
 
+@exit_2_on_input_error
 def plot_metrics_main(argv: list[str] | None = None) -> int:
     """``tools/plot_metrics.py OUTPUT_DIR``; exit 2 with a one-line error on bad input."""
     parser = argparse.ArgumentParser(description="Plot loss and validation metrics of a training run "
@@ -154,11 +154,7 @@ def plot_metrics_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", action="append", default=None, metavar="PATTERN",
                         help=f"metric key pattern (fnmatch), repeatable; default {' '.join(DEFAULT_METRIC_PATTERNS)}")
     args = parser.parse_args(argv)
-    try:
-        written = plot_metrics(args.output_dir, args.output or None, tuple(args.metric or DEFAULT_METRIC_PATTERNS))
-    except DeepcensInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    written = plot_metrics(args.output_dir, args.output or None, tuple(args.metric or DEFAULT_METRIC_PATTERNS))
     for path in written.values():
         print(path)
     return 0
@@ -385,6 +381,7 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
+@exit_2_on_input_error
 def report_main(argv: list[str] | None = None) -> int:
     """``tools/report.py EVAL_DIR [--config-file CFG]``; exit 2 with a one-line error on bad input."""
     parser = argparse.ArgumentParser(description="HTML / Markdown report of an evaluation: metric tables and "
@@ -395,17 +392,13 @@ def report_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=3, help="best and worst images shown per dataset")
     parser.add_argument("opts", nargs="*", default=[], help="config overrides KEY VALUE ...")
     args = parser.parse_intermixed_args(argv)
-    try:
-        import deepcens  # noqa: F401  (dataset registrations)
+    import deepcens  # noqa: F401  (dataset registrations)
 
-        if args.config_file:
-            from deepcens.data.evican import register_evican_from_cfg
-            from deepcens.engine.setup import load_config
+    if args.config_file:
+        from deepcens.data.evican import register_evican_from_cfg
+        from deepcens.engine.setup import load_config
 
-            register_evican_from_cfg(load_config(args.config_file, args.opts))
-        result = build_report(args.eval_dir, args.output or None, args.count)
-    except DeepcensInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        register_evican_from_cfg(load_config(args.config_file, args.opts))
+    result = build_report(args.eval_dir, args.output or None, args.count)
     print(result["html"])
     return 0

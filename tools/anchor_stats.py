@@ -26,7 +26,7 @@ import sys
 import numpy as np
 import torch
 
-from deepcens.errors import DeepcensInputError
+from deepcens.errors import DeepcensInputError, exit_2_on_input_error
 from deepcens.utils.atomic import atomic_save_bytes, atomic_save_json, atomic_write
 
 PAPER_CELL = [2, 6, 17, 31, 64, 127, 256, 512, 1024]  # DeepCeNS VI-A / VI-C
@@ -280,6 +280,7 @@ def markdown_table(stats: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@exit_2_on_input_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -292,26 +293,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
-    try:
-        import deepcens  # noqa: F401  (registers datasets and the anchor generator)
+    import deepcens  # noqa: F401  (registers datasets and the anchor generator)
 
-        generators = anchor_sets(args.config_file, args.opts)
-        resize = tuple(args.resize) if args.resize else next((r for _, r in generators.values() if r), None)
-        images, names = load_json_boxes(args.json) if args.json else load_dataset_boxes(args.dataset)
-        images = rescale(images, resize)
-        stats = compute_stats(images, names, {k: g for k, (g, _) in generators.items()}, args.num_sizes)
-        stats["input_frame"] = f"resized to {resize[0]}x{resize[1]}" if resize else "original image size"
-        stats["source"] = args.json or args.dataset
-        os.makedirs(args.out, exist_ok=True)
-        stats["histograms"] = plot_histograms(images, names, stats, args.out)
-        atomic_save_json(os.path.join(args.out, "anchor_stats.json"), stats)
-        table = markdown_table(stats)
-        with atomic_write(os.path.join(args.out, "anchor_stats.md"), "w", encoding="utf-8") as handle:
-            handle.write(table)
-        print(table)
-    except DeepcensInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    generators = anchor_sets(args.config_file, args.opts)
+    resize = tuple(args.resize) if args.resize else next((r for _, r in generators.values() if r), None)
+    images, names = load_json_boxes(args.json) if args.json else load_dataset_boxes(args.dataset)
+    images = rescale(images, resize)
+    stats = compute_stats(images, names, {k: g for k, (g, _) in generators.items()}, args.num_sizes)
+    stats["input_frame"] = f"resized to {resize[0]}x{resize[1]}" if resize else "original image size"
+    stats["source"] = args.json or args.dataset
+    os.makedirs(args.out, exist_ok=True)
+    stats["histograms"] = plot_histograms(images, names, stats, args.out)
+    atomic_save_json(os.path.join(args.out, "anchor_stats.json"), stats)
+    table = markdown_table(stats)
+    with atomic_write(os.path.join(args.out, "anchor_stats.md"), "w", encoding="utf-8") as handle:
+        handle.write(table)
+    print(table)
     return 0
 
 

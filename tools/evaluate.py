@@ -26,7 +26,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from deepcens.errors import DeepcensInputError
+from deepcens.errors import DeepcensInputError, exit_2_on_input_error
 
 logger = logging.getLogger("deepcens.evaluate")
 
@@ -225,19 +225,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@exit_2_on_input_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        results = run_ctc(args) if args.ctc_gt else run_instances(args)
-        if args.json:
-            from deepcens.evaluation.reports import clean_json
-            from deepcens.utils.atomic import atomic_save_json
+    results = run_ctc(args) if args.ctc_gt else run_instances(args)
+    if args.json:
+        from deepcens.evaluation.reports import clean_json
+        from deepcens.utils.atomic import atomic_save_json
 
-            atomic_save_json(args.json, clean_json(results))
-    except DeepcensInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        atomic_save_json(args.json, clean_json(results))
     return 0
 
 

@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from deepcens.errors import run_tool
+from deepcens.errors import exit_2_on_input_error
 from deepcens.utils.atomic import atomic_save_json
 
 logger = logging.getLogger("deepcens.grid_search")
@@ -145,6 +145,7 @@ def predict_probabilities(cfg, dataset_name: str) -> tuple[list[np.ndarray], lis
     return recorded, dicts
 
 
+@exit_2_on_input_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, help="dense-model config (yaml)")
@@ -189,4 +190,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_tool(main))
+    sys.exit(main())

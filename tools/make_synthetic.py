@@ -14,7 +14,7 @@ import sys
 import time
 
 from deepcens.data.synthetic import make_synthetic
-from deepcens.errors import run_tool
+from deepcens.errors import exit_2_on_input_error
 
 
 def _at_least(minimum: int):
@@ -26,6 +26,7 @@ def _at_least(minimum: int):
     return parse
 
 
+@exit_2_on_input_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="datasets/synthetic",
@@ -58,4 +59,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_tool(main))
+    sys.exit(main())

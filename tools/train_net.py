@@ -18,12 +18,12 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from deepcens.engine.checkpoint import DeepcensCheckpointer
-from deepcens.engine.launch_utils import EXIT_ERROR, dist_timeout_from_args, launch_reporting_errors
+from deepcens.engine.launch_utils import dist_timeout_from_args, launch_reporting_errors
 from deepcens.engine.outputs import finish_run
 from deepcens.engine.progress import ProgressBarHook
 from deepcens.engine.setup import load_config, prepare_datasets, quiet_console
 from deepcens.engine.trainer import Trainer
-from deepcens.errors import DeepcensInputError
+from deepcens.errors import exit_2_on_input_error
 
 logger = logging.getLogger("deepcens")
 
@@ -67,17 +67,13 @@ def main(args):
     return results
 
 
+@exit_2_on_input_error
 def run(argv: list[str] | None = None) -> int:
     """Parse the command line and launch ``main`` on every process; returns the exit status."""
     args = default_argument_parser().parse_args(argv)
-    try:
-        timeout = dist_timeout_from_args(args)
-    except DeepcensInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_ERROR
     return launch_reporting_errors(main, args.num_gpus, num_machines=args.num_machines,
                                    machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,),
-                                   timeout=timeout)
+                                   timeout=dist_timeout_from_args(args))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import resource
 import time
+from typing import Callable
 
 import torch
 
@@ -113,41 +114,45 @@ def measure(spec: dict) -> dict:
     def autocast():
         return torch.autocast("cuda", dtype=dtype) if amp else contextlib.nullcontext()
 
-    def sync():
+    def timed(step: Callable[[], None]) -> float:
+        """Seconds for ``spec["iters"]`` calls of ``step`` after ``spec["warmup"]`` untimed ones
+        (CUDA peak memory counted from the first timed call)."""
+        for _ in range(spec["warmup"]):
+            step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        for _ in range(spec["iters"]):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    last_loss: list[torch.Tensor] = []
+
+    def train_step() -> None:
+        with autocast():
+            losses = model(batch)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        last_loss[:] = [loss.detach()]
+
+    def inference_step() -> None:
+        with autocast():
+            model(images)
 
     model.train()
     with EventStorage(0):
-        for step in range(spec["warmup"] + spec["iters"]):
-            if step == spec["warmup"]:
-                sync()
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                start = time.perf_counter()
-            with autocast():
-                losses = model(batch)
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        sync()
-        train_s = time.perf_counter() - start
+        train_s = timed(train_step)
     peak_train = _peak_gib(device)
 
     model.eval()
     images = [{"image": b["image"], "height": b["height"], "width": b["width"]} for b in batch]
     with torch.no_grad():
-        for step in range(spec["warmup"] + spec["iters"]):
-            if step == spec["warmup"]:
-                sync()
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                start = time.perf_counter()
-            with autocast():
-                model(images)
-        sync()
-        infer_s = time.perf_counter() - start
+        infer_s = timed(inference_step)
     n_images = spec["iters"] * spec["batch"]
     return {
         "model": spec["model"],
@@ -160,7 +165,7 @@ def measure(spec: dict) -> dict:
         "peak_gib_train": round(peak_train, 2),
         "peak_gib_infer": round(_peak_gib(device), 2),
         "peak_kind": "cuda max allocated" if device.type == "cuda" else "process peak RSS",
-        "final_loss": round(float(loss), 3),  # random init: only checks the step ran (finite)
+        "final_loss": round(float(last_loss[0]), 3),  # random init: only checks the step ran (finite)
     }
 
 
