@@ -30,6 +30,7 @@ from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.modeling import build_model
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
+from detectron2.utils.events import JSONWriter
 from detectron2.utils.logger import setup_logger
 
 from deepcens.data.mappers import build_mapper
@@ -180,7 +181,7 @@ class Trainer(DefaultTrainer):
         """detectron2's writers with a crash-safe ``metrics.json`` writer."""
         writers = super().build_writers()
         return [SafeJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))
-                if type(writer).__name__ == "JSONWriter" else writer for writer in writers]
+                if isinstance(writer, JSONWriter) else writer for writer in writers]
 
     def run_step(self) -> None:
         """One step; a NaN/inf loss stops training with a clear message (``SOLVER.STOP_ON_NONFINITE_LOSS``)."""
