@@ -55,20 +55,22 @@ class LapTracker:
 
         gap = self.gap_closing_frames > 0
         if self.cost == "centroid":
-            return LapTrack(
-                metric="sqeuclidean", cutoff=self.max_distance ** 2,
-                gap_closing_metric="sqeuclidean",
-                gap_closing_cutoff=self.gap_closing_max_distance ** 2 if gap else False,
-                gap_closing_max_frame_count=self.gap_closing_frames + 1,
-                splitting_metric="sqeuclidean",
-                splitting_cutoff=self.division_max_distance ** 2 if self.divisions else False,
-                merging_cutoff=False)
-        metric = _OverlapCost(frames)
-        cutoff = 1.0 - self.min_overlap + 1e-9  # laptrack keeps costs strictly below the cutoff
+            metric, link_cutoff = "sqeuclidean", self.max_distance ** 2
+            gap_cutoff, division_cutoff = self.gap_closing_max_distance ** 2, self.division_max_distance ** 2
+        else:
+            metric = _OverlapCost(frames)
+            link_cutoff = gap_cutoff = division_cutoff = 1.0 - self.min_overlap + 1e-9  # laptrack keeps costs < cutoff
+        # Leaving a segment end / start unlinked or a division unused costs the cutoff, so every
+        # gap closing or division within its cutoff is taken unless a cheaper one competes
+        # (laptrack's default, a percentile of the candidate costs, rejects most of them on
+        # sequences with few candidates).
         return LapTrack(
-            metric=metric, cutoff=cutoff, gap_closing_metric=metric,
-            gap_closing_cutoff=cutoff if gap else False, gap_closing_max_frame_count=self.gap_closing_frames + 1,
-            splitting_metric=metric, splitting_cutoff=cutoff if self.divisions else False, merging_cutoff=False)
+            metric=metric, cutoff=link_cutoff,
+            gap_closing_metric=metric, gap_closing_cutoff=gap_cutoff if gap else False,
+            gap_closing_max_frame_count=self.gap_closing_frames + 1,
+            splitting_metric=metric, splitting_cutoff=division_cutoff if self.divisions else False,
+            merging_cutoff=False, segment_start_cost=gap_cutoff, segment_end_cost=gap_cutoff,
+            no_splitting_cost=division_cutoff, no_merging_cost=division_cutoff)
 
     def link(self, frames: list[np.ndarray], objects: list[FrameObjects]) -> tuple[np.ndarray, np.ndarray]:
         """Links (source, target) between global object indices."""
