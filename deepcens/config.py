@@ -170,3 +170,4 @@ def _add_tracking_config(cfg: CN) -> None:
     cfg.TRACKING.GAP_CLOSING_MAX_DISTANCE = 40.0  # pixels: farthest centroid move across a closed gap
     cfg.TRACKING.DIVISIONS = True  # LapTracker: detect divisions (a mother ending where two daughters start)
     cfg.TRACKING.DIVISION_MAX_DISTANCE = 40.0  # pixels: farthest daughter centroid from the mother's centroid in the frame before
+    cfg.TRACKING.EVALUATE = True  # CellEvaluator: link each CTC sequence's predictions (consecutive frames with TRA markers) and report TRA

@@ -498,11 +498,13 @@ def _batched_pages(sources: list[Source], batch_size: int) -> Iterator[list[tupl
 def predict(cfg: CfgNode, inputs: Sequence[str], output_dir: str, *, batch_size: int = 1,
             score_threshold: float = 0.5, overlays: bool = False, coco_json: bool = False, ctc_format: bool = False,
             frames: str | None = None, tile_size: int = 0, tile_overlap: float = 0.25, class_names: str = "",
-            dataset_name: str | None = None, progress: bool | None = None) -> dict:
+            dataset_name: str | None = None, progress: bool | None = None, track: bool = False) -> dict:
     """Predict every input and write labels / overlays / COCO json / summary CSV under ``output_dir``.
 
     ``score_threshold`` applies to label images, overlays and the CSV; the COCO json keeps every
-    detection (AP needs the low-score ones). Returns counts and the paths written.
+    detection (AP needs the low-score ones). ``track`` (with ``ctc_format``) links every
+    sequence's objects into tracks with ``cfg.TRACKING`` (persistent ids, ``res_track.txt``, a
+    per-track CSV, overlays with track ids). Returns counts and the paths written.
     """
     from tqdm import tqdm
 
@@ -510,7 +512,14 @@ def predict(cfg: CfgNode, inputs: Sequence[str], output_dir: str, *, batch_size:
 
     if batch_size < 1:
         raise DeepcensInputError(None, f"--batch-size must be >= 1, got {batch_size}")
+    if track and not ctc_format:
+        raise DeepcensInputError(None, "--track needs --ctc-format (tracks are written as CTC result folders)")
     sources = collect_inputs(inputs, frames)
+    tracker = None
+    if track:
+        from deepcens.tracking import build_tracker
+
+        tracker = build_tracker(cfg)
     predictor = Predictor(cfg, tile_size, tile_overlap, dataset_name)
     names = class_names_for(cfg, class_names, dataset_name)
     mask_threshold = float(cfg.TEST.MASK_THRESHOLD)
@@ -553,12 +562,15 @@ def predict(cfg: CfgNode, inputs: Sequence[str], output_dir: str, *, batch_size:
                     written.append(out)
                 summary.add(source, page, out or os.path.join(output_dir, "labels", source.name + ".tif"),
                             instances, mask_threshold)
-                if overlays:
+                tracked = tracker is not None and source.kind in ("sequence", "stack")
+                if overlays and not tracked:  # tracked sequences get overlays with track ids below
                     suffix = "" if page.frame is None else f"_{page.frame:0{page.digits}d}"
                     path = os.path.join(output_dir, "overlays", f"{source.name}{suffix}.png")
                     written.append(write_overlay(path, image, instances, names))
                 if page is source.pages[-1]:
                     written.extend(_finish_source(source, output_dir, ctc_format, stacks, ctc_tracks))
+                    if tracked:
+                        written.extend(_track_source(source, output_dir, tracker, reader if overlays else None))
                 image_id += 1
                 bar.update(1)
     summary_path = os.path.join(output_dir, "summary.csv")
@@ -603,6 +615,20 @@ def _write_page(source: Source, page: Page, labels: np.ndarray, output_dir: str,
     return path
 
 
+def _track_source(source: Source, output_dir: str, tracker, reader: "PageReader | None") -> list[str]:
+    """Link a sequence's CTC result folder into tracks (see :mod:`deepcens.tracking.folder`)."""
+    from deepcens.tracking.folder import track_result_folder
+
+    pages = {page.frame: page for page in source.pages}
+    digits = source.pages[0].digits
+    csv_path = os.path.join(output_dir, *source.name_parts[:-1], source.name_parts[-1] + "_tracks.csv")
+    result = track_result_folder(
+        _ctc_dir(source, output_dir), tracker, csv_path=csv_path,
+        image_of=(lambda frame: reader(pages[frame])) if reader is not None else None,
+        overlay_path=lambda frame: os.path.join(output_dir, "overlays", f"{source.name}_{frame:0{digits}d}.png"))
+    return [path for path in result["outputs"] if not path.endswith((".tif", "res_track.txt"))]  # masks: written above
+
+
 def _finish_source(source: Source, output_dir: str, ctc_format: bool, stacks: dict, ctc_tracks: dict) -> list[str]:
     """After a source's last page: write a stack's multi-page labels or a sequence's res_track.txt."""
     if ctc_format and source.kind in ("sequence", "stack"):
@@ -633,6 +659,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coco-json", action="store_true", help="write COCO-style results (coco_results.json)")
     parser.add_argument("--ctc-format", action="store_true",
                         help="write sequences and stacks as CTC results (<seq>_RES/maskTTT.tif + res_track.txt)")
+    parser.add_argument("--track", action="store_true",
+                        help="with --ctc-format: link objects over time (TRACKING.* config) into CTC tracks, "
+                        "write <seq>_tracks.csv and, with --overlays, frames with track ids")
     parser.add_argument("--frames", default="", metavar="START:STOP",
                         help="only these frame numbers / stack pages (python slice, e.g. 0:3)")
     parser.add_argument("--tile-size", type=int, default=0,
@@ -680,7 +709,7 @@ def run(args: argparse.Namespace) -> dict:
                    overlays=args.overlays, coco_json=args.coco_json, ctc_format=args.ctc_format,
                    frames=args.frames or None, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
                    class_names=args.class_names, dataset_name=args.dataset or None,
-                   progress=False if args.no_progress else None)
+                   progress=False if args.no_progress else None, track=args.track)
 
 
 def main(argv: list[str] | None = None) -> int:

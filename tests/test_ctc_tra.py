@@ -16,7 +16,7 @@ from deepcens.benchmarks.ctc_metrics import perturb_labels, write_result_folder
 from deepcens.data.ctc import parse_track_file
 from deepcens.errors import DeepcensInputError
 from deepcens.evaluation.ctc_measures import ctc_frame_files, evaluate_ctc_folders
-from deepcens.evaluation.ctc_tra import track_table_problems
+from deepcens.evaluation.ctc_tra import clip_track_table, track_table_problems
 from deepcens.tracking import write_track_table
 
 
@@ -37,13 +37,7 @@ def gt_window(gt_dir: str, first: int, last: int, out_dir) -> list[np.ndarray]:
         shutil.copyfile(tra[frame], os.path.join(out_dir, "TRA", f"man_track{new:03d}.tif"))
         markers.append(tifffile.imread(tra[frame]).astype(np.int32))
     tracks = parse_track_file(os.path.join(gt_dir, "TRA", "man_track.txt"))
-    alive = tracks[(tracks[:, 1] <= last) & (tracks[:, 2] >= first)]
-    kept = set(alive[:, 0].tolist())
-    rows = []
-    for label, begin, end, parent in alive.tolist():
-        parent = parent if parent in kept and begin > first else 0
-        rows.append([label, max(begin, first) - first, min(end, last) - first, parent])
-    write_track_table(os.path.join(out_dir, "TRA", "man_track.txt"), np.array(rows))
+    write_track_table(os.path.join(out_dir, "TRA", "man_track.txt"), clip_track_table(tracks, first, last))
     return markers
 
 

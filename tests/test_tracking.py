@@ -166,3 +166,40 @@ def test_tracker_config_errors():
         LapTracker().track([np.zeros((4, 4), np.uint16), np.zeros((4, 5), np.uint16)])
     empty = LapTracker().track([np.zeros((4, 4), np.uint16)] * 3)
     assert empty.num_tracks == 0 and len(empty.labels) == 3
+
+
+def test_cell_evaluator_reports_tra_like_the_folder_path(shared_data, tmp_path):
+    """CellEvaluator on SIM+ frames 7-16 links the predictions with TRACKING.* and reports the
+    TRA the folder path gives for the same tracked result against the clipped GT."""
+    from deepcens.data.ctc import load_ctc_dicts
+    from deepcens.evaluation import CellEvaluator
+    from deepcens.evaluation.ctc_tra import clip_track_table
+    from deepcens.postprocess.instances import instances_to_label_image, label_image_to_instances
+
+    root = shared_data / "ctc"
+    frames = list(range(7, 17))
+    dicts = load_ctc_dicts(str(root), "Fluo-N2DH-SIM+", ["01"], "GT", frames=frames)
+    gt_dir, markers = _sim_markers(shared_data, frames)
+    tracker = LapTracker()
+    evaluator = CellEvaluator("sim_window", None, distributed=False, dataset_dicts=dicts, class_names=["cell"],
+                              tracker=tracker)
+    rendered = []
+    for record, labels in zip(dicts, markers):
+        labels = labels.copy()
+        labels[labels == labels.max()] = 0  # one object missed per frame
+        instances = label_image_to_instances(labels)
+        rendered.append(instances_to_label_image(instances))
+        evaluator.process([{"image_id": record["image_id"]}], [{"instances": instances}])
+    ctc = evaluator.evaluate()["ctc"]
+    window = tmp_path / "01_GT" / "TRA"
+    window.mkdir(parents=True)
+    for t, labels in enumerate(markers):
+        tifffile.imwrite(window / f"man_track{t:03d}.tif", labels)
+    write_track_table(window / "man_track.txt",
+                      clip_track_table(parse_track_file(os.path.join(gt_dir, "TRA", "man_track.txt")), 7, 16))
+    _write(tracker.track(rendered), tmp_path / "01_RES")
+    folder = evaluate_ctc_folders(tmp_path / "01_GT", tmp_path / "01_RES")
+    assert 0.8 < ctc["TRA"] < 1.0
+    for key in ("TRA", "AOGM", "AOGM_0", "AOGM_FN"):
+        assert ctc[key] == pytest.approx(folder[key], abs=1e-12), key
+    assert ctc["TRA-Fluo-N2DH-SIM+/01"] == ctc["TRA"] and ctc["OP_CTB"] == pytest.approx(0.5 * (ctc["SEG"] + ctc["TRA"]))

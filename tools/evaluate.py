@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Score saved predictions without a model.
 
-CTC folders (SEG / DET / OP_CSB, identical to py-ctcmetrics; no track files needed):
+CTC folders (SEG / DET / OP_CSB, 2D or 3D, and TRA / OP_CTB when man_track.txt and
+res_track.txt exist; identical to py-ctcmetrics):
     tools/evaluate.py --ctc-gt data/Fluo-N2DH-SIM+/01_GT --ctc-res out/01_RES --json out.json
 
 Instance predictions with CellEvaluator (COCO bbox/segm AP + CTC measures, paper tables):
@@ -157,7 +158,7 @@ def run_ctc(args: argparse.Namespace) -> dict:
     from deepcens.evaluation.ctc_measures import evaluate_ctc_folders
 
     result = evaluate_ctc_folders(args.ctc_gt, args.ctc_res)
-    summary = {k: result[k] for k in ("SEG", "DET", "OP_CSB")}
+    summary = {k: result[k] for k in ("SEG", "DET", "OP_CSB", "TRA", "OP_CTB") if k in result}
     print(" ".join(f"{k}={v:.6f}" for k, v in summary.items()))
     return result
 

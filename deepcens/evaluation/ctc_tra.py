@@ -209,3 +209,26 @@ def track_table_problems(tracks: np.ndarray, ids_per_frame: Sequence[np.ndarray]
             frame, label = divmod(int(missing[0]), scale)
             problems.append(f"{len(missing)} (frame, label) pairs are {name}, e.g. label {label} in frame {frame}")
     return problems[:limit]
+
+
+def clip_track_table(tracks: np.ndarray, first: int, last: int) -> np.ndarray:
+    """A track table restricted to frames ``first..last`` and renumbered from 0: tracks that
+    touch the window are clipped to it, parents outside it become 0 (the window scored as a
+    sequence of its own)."""
+    tracks = np.asarray(tracks, dtype=np.int64).reshape(-1, 4)
+    alive = tracks[(tracks[:, 1] <= last) & (tracks[:, 2] >= first)].copy()
+    keep_parent = np.isin(alive[:, 3], alive[:, 0]) & (alive[:, 1] > first)
+    alive[:, 3] = np.where(keep_parent, alive[:, 3], 0)
+    alive[:, 1] = np.maximum(alive[:, 1], first) - first
+    alive[:, 2] = np.minimum(alive[:, 2], last) - first
+    return alive
+
+
+def sequence_tra(tracker, predictions: Sequence[np.ndarray], markers: Sequence[np.ndarray], ref_tracks: np.ndarray) -> TRACounts:
+    """Link per-frame predicted label images with ``tracker`` and score TRA against the
+    markers and reference tracks of the same consecutive frames."""
+    from deepcens.evaluation.ctc_measures import match_label_images
+
+    result = tracker.track(predictions)
+    matches = [match_label_images(m, p) for m, p in zip(markers, result.labels)]
+    return tra_counts(matches, ref_tracks, result.tracks)
