@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -203,3 +204,54 @@ def test_cell_evaluator_reports_tra_like_the_folder_path(shared_data, tmp_path):
     for key in ("TRA", "AOGM", "AOGM_0", "AOGM_FN"):
         assert ctc[key] == pytest.approx(folder[key], abs=1e-12), key
     assert ctc["TRA-Fluo-N2DH-SIM+/01"] == ctc["TRA"] and ctc["OP_CTB"] == pytest.approx(0.5 * (ctc["SEG"] + ctc["TRA"]))
+
+
+def test_predict_ctc_format_track_writes_a_valid_tracked_folder(shared_data, tmp_path, monkeypatch):
+    """``predict --ctc-format --track --overlays`` on 6 SIM+ frames whose predictions are the GT
+    markers (the model call is replaced): persistent ids, a res_track.txt that py-ctcmetrics
+    calls valid, TRA >= 0.99 against the window's GT, the per-track CSV and overlays."""
+    import contextlib
+    import io
+    import re
+
+    from ctc_metrics.metrics import valid
+    from ctc_metrics.utils.filesystem import parse_masks, read_tracking_file
+
+    import deepcens.predict as predict_module
+    from deepcens.evaluation.ctc_tra import clip_track_table
+    from deepcens.postprocess.instances import label_image_to_instances
+
+    gt_dir, markers = _sim_markers(shared_data, list(range(7, 13)))
+    sequence = tmp_path / "SIM" / "01"
+    sequence.mkdir(parents=True)
+    for t in range(6):
+        shutil.copy(shared_data / "ctc" / "Fluo-N2DH-SIM+" / "01" / f"t{t + 7:03d}.tif", sequence / f"t{t:03d}.tif")
+
+    def gt_predictions(self, images, file_names, batch_size=1, extra=None):
+        return [label_image_to_instances(markers[int(re.search(r"t(\d+)\.tif", name).group(1))]) for name in file_names]
+
+    monkeypatch.setattr(predict_module.Predictor, "__call__", gt_predictions)
+    config = tmp_path / "xbnet.yaml"
+    config.write_text('_BASE_: "{}"\nMODEL: {{DEVICE: "cpu"}}\n'.format(
+        os.path.abspath("configs/xbnet/xbnet_sim_cpu.yaml")))
+    out = tmp_path / "out"
+    assert predict_module.main(["--config-file", str(config), "--input", str(sequence), "--output", str(out),
+                                "--ctc-format", "--track", "--overlays", "--no-progress"]) == 0
+    res = out / "01_RES"
+    tracks = read_tracking_file(str(res / "res_track.txt"))
+    masks = parse_masks(str(res))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert valid(masks, tracks, [np.unique(tifffile.imread(m))[1:].tolist() for m in masks]) == 1
+    window = tmp_path / "01_GT" / "TRA"
+    window.mkdir(parents=True)
+    for t, labels in enumerate(markers):
+        tifffile.imwrite(window / f"man_track{t:03d}.tif", labels)
+    write_track_table(window / "man_track.txt",
+                      clip_track_table(parse_track_file(os.path.join(gt_dir, "TRA", "man_track.txt")), 7, 12))
+    assert evaluate_ctc_folders(tmp_path / "01_GT", res)["TRA"] >= 0.99
+    with open(out / "01_tracks.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == sum(len(np.unique(m)) - 1 for m in markers)
+    assert sorted(os.listdir(out / "overlays")) == [f"01_{t:03d}.png" for t in range(6)]
+    assert predict_module.main(["--config-file", str(config), "--input", str(sequence), "--output",
+                                str(tmp_path / "o2"), "--track", "--no-progress"]) == 2  # --track needs --ctc-format

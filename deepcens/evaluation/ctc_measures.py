@@ -13,6 +13,10 @@ Definitions follow the reference implementation ``py-ctcmetrics`` (``ctc_metrics
   Markers are the TRA images (``man_trackTTT.tif``) when present, else the GT masks.
 * OP_CSB = (SEG + DET) / 2.
 
+Label images may be 2D frames or 3D volumes (CTC 3D sequences; a 3D SEG reference annotated
+in chosen planes, ``man_seg_TTT_ZZZ.tif``, is compared with those planes of the result). TRA
+is in :mod:`deepcens.evaluation.ctc_tra`; the folder path adds it when both track files exist.
+
 Everything is vectorised over pixels: one ``np.bincount`` per label image for the areas and
 one over the paired labels of the reference foreground for the intersections. Undefined
 values (no reference object / marker at all) are ``nan`` (py-ctcmetrics gives SEG 0 there).

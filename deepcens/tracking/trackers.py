@@ -84,8 +84,9 @@ class LapTracker:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         graph = self._laptrack(frames).predict(coords)
         offsets = np.concatenate([[0], np.cumsum([len(o.ids) for o in objects])])
-        edges = np.array([(offsets[a[0]] + a[1], offsets[b[0]] + b[1]) for a, b in graph.edges()], dtype=np.int64).reshape(-1, 2)
-        return edges[:, 0], edges[:, 1]
+        nodes = np.array(list(graph.edges()), dtype=np.int64).reshape(-1, 2, 2)  # ((frame, index), (frame, index))
+        global_index = offsets[nodes[..., 0]] + nodes[..., 1]
+        return global_index[:, 0], global_index[:, 1]
 
     def track(self, label_frames: Sequence[np.ndarray]) -> TrackingResult:
         frames = check_frames(label_frames)
