@@ -35,12 +35,12 @@ import numpy as np
 import tifffile
 import torch
 from detectron2.config import CfgNode
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Instances
 
 from deepcens.data.io import IMAGE_SUFFIXES, iter_image_files, read_image, read_stack
 from deepcens.errors import DeepcensInputError, exit_2_on_input_error
-from deepcens.modeling.meta_arch.dense import tile_starts
 from deepcens.postprocess.instances import instance_masks, instances_to_label_image, mask_to_rle
+from deepcens.postprocess.tiling import merge_tiled_instances, tile_grid
 from deepcens.utils.atomic import atomic_save_bytes, atomic_save_json, atomic_write
 
 logger = logging.getLogger(__name__)
@@ -224,98 +224,6 @@ def sequence_intensity_range(source: Source, reader: PageReader) -> tuple[float,
     return low, high
 
 
-# ---- tiled R-CNN inference -------------------------------------------------------------------
-
-
-@dataclass
-class _Piece:
-    box: list[int]  # x0, y0, x1, y1 (global, exclusive end)
-    mask: np.ndarray  # bool crop of the box
-    score: float
-    cls: int
-    truncated: bool  # touches a tile border inside the image
-
-
-def merge_tiled_instances(parts: Sequence[tuple[Instances, int, int]], image_size: tuple[int, int],
-                          overlap_threshold: float = 0.5, mask_threshold: float = 0.5) -> Instances:
-    """Merge instances predicted on overlapping tiles into one ``Instances`` of ``image_size``.
-
-    ``parts`` are ``(instances_in_tile_coordinates, top, left)``. Instances cut by an inner tile
-    border are "truncated". Greedily, complete instances first and by score: a candidate whose
-    mask overlaps an accepted one of the same class by ``overlap_threshold`` of the smaller
-    mask is dropped (the same object seen twice), except that two truncated pieces are
-    joined (an object larger than the tile overlap, cut in every tile).
-    """
-    height, width = image_size
-    pieces: list[_Piece] = []
-    for instances, top, left in parts:
-        if len(instances) == 0:
-            continue
-        tile_h, tile_w = instances.image_size
-        masks = instance_masks(instances, mask_threshold)
-        scores = instances.scores.cpu().numpy() if instances.has("scores") else np.ones(len(instances))
-        classes = (instances.pred_classes.cpu().numpy() if instances.has("pred_classes")
-                   else np.zeros(len(instances), dtype=np.int64))
-        for mask, score, cls in zip(masks, scores, classes):
-            ys, xs = np.nonzero(mask)
-            if len(ys) == 0:
-                continue
-            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-            truncated = ((y0 == 0 and top > 0) or (x0 == 0 and left > 0)
-                         or (y1 == tile_h and top + tile_h < height) or (x1 == tile_w and left + tile_w < width))
-            pieces.append(_Piece([int(x0 + left), int(y0 + top), int(x1 + left), int(y1 + top)],
-                                 mask[y0:y1, x0:x1].copy(), float(score), int(cls), bool(truncated)))
-    pieces.sort(key=lambda p: (p.truncated, -p.score))
-    kept: list[_Piece] = []
-    kept_boxes = np.zeros((len(pieces), 4), dtype=np.int64)  # kept boxes, vectorised overlap pre-check
-    kept_classes = np.zeros(len(pieces), dtype=np.int64)
-    for piece in pieces:
-        merged_into = None
-        count = len(kept)
-        boxes = kept_boxes[:count]
-        overlapping = np.nonzero((kept_classes[:count] == piece.cls)
-                                 & (boxes[:, 0] < piece.box[2]) & (boxes[:, 2] > piece.box[0])
-                                 & (boxes[:, 1] < piece.box[3]) & (boxes[:, 3] > piece.box[1]))[0]
-        for other_index in overlapping:
-            other = kept[other_index]
-            ix0, iy0 = max(piece.box[0], other.box[0]), max(piece.box[1], other.box[1])
-            ix1, iy1 = min(piece.box[2], other.box[2]), min(piece.box[3], other.box[3])
-            if ix0 >= ix1 or iy0 >= iy1:
-                continue
-            a = piece.mask[iy0 - piece.box[1]:iy1 - piece.box[1], ix0 - piece.box[0]:ix1 - piece.box[0]]
-            b = other.mask[iy0 - other.box[1]:iy1 - other.box[1], ix0 - other.box[0]:ix1 - other.box[0]]
-            inter = int(np.logical_and(a, b).sum())
-            if inter >= overlap_threshold * min(int(piece.mask.sum()), int(other.mask.sum())):
-                merged_into = int(other_index)
-                break
-        if merged_into is None:
-            kept_boxes[len(kept)], kept_classes[len(kept)] = piece.box, piece.cls
-            kept.append(piece)
-        elif piece.truncated and kept[merged_into].truncated:
-            _join(kept[merged_into], piece)
-            kept_boxes[merged_into] = kept[merged_into].box
-    result = Instances((height, width))
-    masks = np.zeros((len(kept), height, width), dtype=bool)
-    for index, piece in enumerate(kept):
-        x0, y0, x1, y1 = piece.box
-        masks[index, y0:y1, x0:x1] = piece.mask
-    result.pred_masks = torch.from_numpy(masks)
-    result.pred_boxes = Boxes(torch.tensor([p.box for p in kept], dtype=torch.float32).reshape(-1, 4))
-    result.scores = torch.tensor([p.score for p in kept], dtype=torch.float32)
-    result.pred_classes = torch.tensor([p.cls for p in kept], dtype=torch.int64)
-    return result
-
-
-def _join(target: _Piece, piece: _Piece) -> None:
-    """Union ``piece`` into ``target`` (box, mask, best score)."""
-    box = [min(target.box[0], piece.box[0]), min(target.box[1], piece.box[1]),
-           max(target.box[2], piece.box[2]), max(target.box[3], piece.box[3])]
-    mask = np.zeros((box[3] - box[1], box[2] - box[0]), dtype=bool)
-    for p in (target, piece):
-        mask[p.box[1] - box[1]:p.box[3] - box[1], p.box[0] - box[0]:p.box[2] - box[0]] |= p.mask
-    target.box, target.mask, target.score = box, mask, max(target.score, piece.score)
-
-
 # ---- the predictor ---------------------------------------------------------------------------
 class Predictor:
     """Builds the model of a config (with its weights) and predicts raw images of any size.
@@ -391,8 +299,7 @@ class Predictor:
     def _tiled(self, image: np.ndarray, name: str, batch_size: int, extra: dict | None) -> Instances:
         height, width = image.shape[:2]
         tile = self.tile_size
-        stride = max(int(tile * (1.0 - self.tile_overlap)), 1)
-        offsets = [(top, left) for top in tile_starts(height, tile, stride) for left in tile_starts(width, tile, stride)]
+        offsets = tile_grid(height, width, tile, self.tile_overlap)
         records = [self._record(np.ascontiguousarray(image[t:t + tile, l:l + tile]), name, extra) for t, l in offsets]
         outputs = self._run(records, batch_size)
         return merge_tiled_instances([(inst, t, l) for inst, (t, l) in zip(outputs, offsets)], (height, width),

@@ -21,10 +21,10 @@ from detectron2.structures import Boxes, Instances
 from deepcens.predict import (
     collect_inputs,
     main,
-    merge_tiled_instances,
     predict,
     split_trailing_opts,
 )
+from deepcens.postprocess.tiling import merge_tiled_instances
 
 TINY_RCNN = """
 MODEL:
