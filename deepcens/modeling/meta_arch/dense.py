@@ -111,15 +111,22 @@ class DenseSegmentor(nn.Module):
         return blend_tiled_probabilities(x, tile, self.sliding_overlap,
                                          lambda window: F.softmax(self.network(window), dim=1)[0])
 
+    def output_probabilities(self, item: dict) -> torch.Tensor:
+        """Softmax probabilities ``(NUM_OUTPUTS, height, width)`` of one mapped input, at the size
+        ``height`` x ``width`` of the input dict: what the decoder receives. Callers that decode
+        themselves (the decoder grid search) use this instead of :meth:`inference`."""
+        probabilities = self.predict_probabilities(item["image"])
+        out_h, out_w = int(item.get("height", probabilities.shape[-2])), int(item.get("width", probabilities.shape[-1]))
+        if (out_h, out_w) != tuple(probabilities.shape[-2:]):
+            probabilities = F.interpolate(probabilities[None], size=(out_h, out_w), mode="bilinear",
+                                          align_corners=False)[0]
+        return probabilities
+
     def inference(self, batched_inputs: list[dict]) -> list[dict]:
         """``[{"instances": Instances}]``, one per input, in the size ``height`` x ``width`` of the input dict."""
         results = []
         for item in batched_inputs:
-            probabilities = self.predict_probabilities(item["image"])
-            out_h, out_w = int(item.get("height", probabilities.shape[-2])), int(item.get("width", probabilities.shape[-1]))
-            if (out_h, out_w) != tuple(probabilities.shape[-2:]):
-                probabilities = F.interpolate(probabilities[None], size=(out_h, out_w), mode="bilinear",
-                                              align_corners=False)[0]
+            probabilities = self.output_probabilities(item)
             dataset_name = item.get("dataset_name") or item.get("ctc_dataset")
             instances = self.decoder(probabilities, dataset_name)
             results.append({"instances": instances.to(self.device) if hasattr(instances, "to") else instances})
