@@ -104,8 +104,9 @@ def _add_dense_config(cfg: CN) -> None:
     cfg.MODEL.DENSE.XBNET.RESIDUAL_SCALE = 0.2  # scale of the residual dense block's output before the skip sum
     cfg.MODEL.DENSE.XBNET.ASPP = True  # ASPP with skip at the bottleneck
     cfg.MODEL.DENSE.XBNET.ASPP_DILATIONS = (6, 12, 18)  # dilated ASPP pathways (plus a 1x1 and an image-pooling pathway)
+    cfg.MODEL.DENSE.XBNET.ASPP_POOL_NORM = False  # GroupNorm after the image-pooling pathway's 1x1 conv (authors' code: True, 11,375,683 parameters)
     cfg.MODEL.DENSE.UNET = CN()
-    cfg.MODEL.DENSE.UNET.ENCODER = "vgg"  # vgg | resnet50 | resnext50 (paper Sec. 4.3 backbones)
+    cfg.MODEL.DENSE.UNET.ENCODER = "vgg"  # vgg | resnet50 | resnext50 | xception | densenet201 | resden (paper Sec. 4.3 backbones)
     cfg.MODEL.DENSE.UNET.BASE_CHANNELS = 64  # VGG maps at the first stage, doubling per stage (original U-Net: 64)
     cfg.MODEL.DENSE.UNET.DEPTH = 5  # VGG stages incl. the bottleneck (paper Base: 5, Depth6: 6)
     cfg.MODEL.DENSE.UNET.NORM = "BN"  # BN | GN | SyncBN | naiveSyncBN (paper Base: BN, Groupnorm: GN)
@@ -129,6 +130,7 @@ def _add_dense_config(cfg: CN) -> None:
 def _add_solver_config(cfg: CN) -> None:
     # ---- solver / schedule -------------------------------------------------------------------
     cfg.SOLVER.OPTIMIZER = "SGD"  # SGD | AdamW
+    cfg.SOLVER.AMSGRAD = False  # AdamW's AMSGrad variant (torch default False)
     cfg.SOLVER.TRAIN_SCHEME = "single"  # training loop in TRAIN_LOOP_REGISTRY (single | Mix | Seq | Fix | Shu | Cho | Acc)
     cfg.SOLVER.BEST_CHECKPOINT_METRIC = ""  # e.g. "segm/AP": keep model_best.pth by this validation metric; "" = off
     cfg.SOLVER.BEST_CHECKPOINT_MODE = "max"  # max | min for BEST_CHECKPOINT_METRIC
