@@ -68,6 +68,9 @@ def _add_anchor_config(cfg: CN) -> None:
     # ---- small anchors -----------------------------------------------------------------------
     cfg.MODEL.ANCHOR_GENERATOR.FLAT_SIZES = []  # paper-style flat anchor size list, spread over FPN levels by FlatSizesAnchorGenerator
     cfg.MODEL.ANCHOR_GENERATOR.FLAT_SIZES_MAPPING = "all_levels"  # all_levels: every size on every level | split: ceil(n/L) consecutive sizes per level (docs/anchors.md)
+    # ---- cascade mask branch (DeepcensCascadeROIHeads) -------------------------------------------
+    cfg.MODEL.ROI_MASK_HEAD.CASCADE_STAGES = "first"  # mask head trained on the first | last cascade stage's proposals, or one head per stage (all)
+    cfg.MODEL.ROI_MASK_HEAD.STAGE_LOSS_WEIGHTS = ()  # CASCADE_STAGES all: mask-loss weight per stage; empty = 1 for every stage
 
 
 def _add_dense_config(cfg: CN) -> None:
