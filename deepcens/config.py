@@ -137,6 +137,9 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.TRAIN_SCHEME = "single"  # training loop in TRAIN_LOOP_REGISTRY (single | Mix | Seq | Fix | Shu | Cho | Acc)
     cfg.SOLVER.BEST_CHECKPOINT_METRIC = ""  # e.g. "segm/AP": keep model_best.pth by this validation metric; "" = off
     cfg.SOLVER.BEST_CHECKPOINT_MODE = "max"  # max | min for BEST_CHECKPOINT_METRIC
+    cfg.SOLVER.BEST_CHECKPOINT_CRITERION = "metric"  # metric | loss (lowest validation loss) | metric_then_loss (metric, ties within TOLERANCE broken by lower validation loss)
+    cfg.SOLVER.BEST_CHECKPOINT_TOLERANCE = 0.0  # metric_then_loss: metric differences up to this count as ties
+    cfg.SOLVER.BEST_CHECKPOINT_AGGREGATE = "single"  # single: the metric key as given | mean_over_datasets: mean of <dataset>/<metric> over DATASETS.VAL
     cfg.SOLVER.VAL_LOSS_PERIOD = 0  # iterations between validation-loss passes over DATASETS.VAL (0 = off)
 
 
@@ -144,6 +147,7 @@ def _add_evaluation_config(cfg: CN) -> None:
     # ---- evaluation --------------------------------------------------------------------------
     cfg.TEST.EVALUATOR = "CellEvaluator"  # evaluator class used by tools/train_net.py
     cfg.TEST.DETECTIONS_PER_IMAGE = 500  # COCO maxDets and model cap: cell images hold hundreds of objects
+    cfg.TEST.EVAL_ON_TRAIN = False  # periodic evaluation also scores DATASETS.TRAIN (keys prefixed train/), as XB-Net Sec. 5.4
     cfg.TEST.CTC_METRICS = True  # also compute CTC SEG / DET / OP_CSB from rendered label images
     cfg.TEST.COCO_BACKEND = "faster_coco_eval"  # faster_coco_eval | pycocotools
     cfg.TEST.MASK_THRESHOLD = 0.5  # probability at which soft masks become binary
