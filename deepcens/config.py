@@ -40,6 +40,13 @@ def _add_data_config(cfg: CN) -> None:
     cfg.DATASETS.SYNTHETIC.SIZE = 128  # synthetic image side in pixels
     cfg.DATASETS.BAD_INPUT_POLICY = "fail"  # training data that cannot be read: fail | skip (counted, warned at the end)
     cfg.DATASETS.VAL = ()  # datasets for periodic validation loss / AP during training
+    cfg.DATASETS.CTC = CN()
+    cfg.DATASETS.CTC.CONFIGURATION = ""  # XB-Net Table 2 data configuration: GT | ST | GT+ST | allGT | allST | allGT+allST; "" = none registered
+    cfg.DATASETS.CTC.NAMES = []  # CTC data sets of that configuration, e.g. ["Fluo-N2DH-SIM+"] (registered as ctc_<name>_<configuration>_{train,val})
+    cfg.DATASETS.CTC.SEQUENCES = []  # sequences to use, e.g. ["01", "02"]; empty = every sequence present
+    cfg.DATASETS.CTC.VAL_FRACTION = 0.1  # GT / ST configurations: share of labelled frames that validate (paper: 10 %)
+    cfg.DATASETS.CTC.SEED = 0  # seed of the train / validation frame split
+    cfg.DATASETS.CTC.ROOT = ""  # CTC root folder; "" = $DEEPCENS_CTC_ROOT or the default CTC root
     cfg.DATALOADER.DETERMINISTIC = True  # seed the sampler and workers so a resumed run sees the same data order
 
 
