@@ -134,6 +134,8 @@ def _add_dense_config(cfg: CN) -> None:
     cfg.INPUT.DENSE.ROTATE_90 = True  # random 90-degree rotations in training
     # XB-Net training: cosine annealing with warm restarts, universal-training schemes
     cfg.SOLVER.COSINE_RESTARTS = ()  # LR_SCHEDULER_NAME CosineWarmRestarts: iterations where the LR jumps back to BASE_LR (paper: epochs 100, 300, 700)
+    cfg.SOLVER.EPOCHS = 0  # > 0: MAX_ITER = EPOCHS x iterations per epoch of the training data (XB-Net Table 3), set at start
+    cfg.SOLVER.RESTART_EPOCHS = ()  # with EPOCHS: epochs where the cosine schedule restarts (replaces COSINE_RESTARTS)
     cfg.SOLVER.SCHEME_SEED = 0  # seed of the Shu / Cho dataset order (same on every rank, resumable: derived from the iteration)
 
 
@@ -154,6 +156,7 @@ def _add_evaluation_config(cfg: CN) -> None:
     # ---- evaluation --------------------------------------------------------------------------
     cfg.TEST.EVALUATOR = "CellEvaluator"  # evaluator class used by tools/train_net.py
     cfg.TEST.DETECTIONS_PER_IMAGE = 500  # COCO maxDets and model cap: cell images hold hundreds of objects
+    cfg.TEST.EVAL_PERIOD_EPOCHS = 0  # with SOLVER.EPOCHS: evaluate every this many epochs (replaces EVAL_PERIOD)
     cfg.TEST.EVAL_ON_TRAIN = False  # periodic evaluation also scores DATASETS.TRAIN (keys prefixed train/), as XB-Net Sec. 5.4
     cfg.TEST.CTC_METRICS = True  # also compute CTC SEG / DET / OP_CSB from rendered label images
     cfg.TEST.COCO_BACKEND = "faster_coco_eval"  # faster_coco_eval | pycocotools
