@@ -318,8 +318,9 @@ def load_ctc_dicts(
     """Dataset dicts of CTC sequences (see the module docstring for the keys).
 
     ``label_source``: "GT" (frames with gold-truth SEG; frames without reference are skipped),
-    "ST" (frames with silver-truth SEG; ``exclude_gt_frames`` drops frames that have GT, as the
-    authors' 2D preparation does for GT+ST) or "none" (every frame, no labels: inference).
+    "ST" (frames with silver-truth SEG; ``exclude_gt_frames`` drops frames of 2D sequences that
+    have GT, as the authors' 2D preparation does for GT+ST; their 3D preparation keeps them) or
+    "none" (every frame, no labels: inference).
     ``sequences``: e.g. ``["01", "02"]``; None = every sequence folder present. ``frames``
     keeps only those frame indices.
     """
@@ -342,7 +343,8 @@ def load_ctc_dicts(
             if not os.path.isdir(f"{seq_dir}_ST/SEG"):
                 raise DeepcensInputError(f"{seq_dir}_ST/SEG", "silver-truth SEG folder not found")
             gt_frames = {t for t, _ in info["gt"]}
-            labelled = {k: p for k, p in info["st"].items() if not (exclude_gt_frames and k[0] in gt_frames)}
+            drop_gt = exclude_gt_frames and not is_3d  # the authors' 3D preparation keeps them
+            labelled = {k: p for k, p in info["st"].items() if not (drop_gt and k[0] in gt_frames)}
         else:
             labelled = {(t, None): None for t in info["frames"]}
         intensity = sequence_intensity_range(seq_dir)
@@ -544,8 +546,9 @@ def register_ctc_configuration(
 
     * GT / allGT: 90% of each dataset's GT frames train, 10% validate;
     * ST / allST: the same with ST frames;
-    * GT+ST / allGT+allST: all ST frames train (2D: frames that have GT excluded, as the
-      authors' preparation code does), all GT frames validate.
+    * GT+ST / allGT+allST: all ST frames train (2D sequences: frames that have GT excluded, as
+      the authors' 2D preparation code does; 3D sequences keep them, as their 3D code), all GT
+      frames validate.
 
     Individual configurations (GT, ST, GT+ST) train one model per dataset, the universal ones
     (all*) one model over all datasets with one loader per dataset; both use the same
@@ -569,6 +572,23 @@ def register_ctc_configuration(
         names["train"].append(train_name)
         names["val"].append(val_name)
     return names
+
+
+def register_ctc_configuration_from_cfg(cfg) -> dict[str, list[str]]:
+    """Register ``cfg.DATASETS.CTC``'s data configuration (nothing when ``CONFIGURATION`` is empty).
+
+    The registered names are ``ctc_<dataset>_<configuration>_{train,val}`` (configuration in
+    lower case, e.g. ``ctc_Fluo-N2DH-SIM+_gt+st_train``); configs name them in
+    ``DATASETS.TRAIN`` / ``VAL`` / ``TEST``.
+    """
+    c = cfg.DATASETS.CTC
+    if not c.CONFIGURATION:
+        return {"train": [], "val": []}
+    if not c.NAMES:
+        raise ValueError("DATASETS.CTC.CONFIGURATION needs the CTC data set names in DATASETS.CTC.NAMES")
+    return register_ctc_configuration(c.CONFIGURATION, list(c.NAMES), c.ROOT or default_ctc_root(),
+                                      sequences=list(c.SEQUENCES) or None, val_fraction=float(c.VAL_FRACTION),
+                                      seed=int(c.SEED))
 
 
 def default_ctc_root() -> str:

@@ -21,6 +21,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from deepcens.engine.checkpoint import DeepcensCheckpointer
+from deepcens.engine.epochs import apply_epoch_schedule
 from deepcens.engine.launch_utils import dist_timeout, launch_reporting_errors
 from deepcens.engine.outputs import finish_run
 from deepcens.engine.progress import ProgressBarHook
@@ -64,7 +65,7 @@ def setup(args: argparse.Namespace):
         quiet_console()
     default_setup(cfg, args)
     prepare_datasets(cfg)
-    return cfg
+    return apply_epoch_schedule(cfg)
 
 
 def main(args: argparse.Namespace):
