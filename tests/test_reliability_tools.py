@@ -424,3 +424,24 @@ def test_predict_then_evaluate_round_trips(config, weights, tmp_path, capsys, ca
     assert "missing result frame 2" in last_error(capsys)
     assert cli(arguments + ["--frames", "0:2"]) == 0
     assert "over frames 0..1 (2 frames)" in capsys.readouterr().out
+
+
+def test_one_ctc_file_name_rule_for_reader_evaluation_and_predict(tmp_path):
+    """Before: data/ctc.py, the evaluation and predict disagreed on `.tiff` and letter case."""
+    from deepcens.data.ctc_files import frame_files
+    from deepcens.errors import DeepcensInputError
+    from deepcens.evaluation.ctc_measures import ctc_frame_files
+    from deepcens.predict import collect_inputs
+
+    sequence = tmp_path / "01"
+    sequence.mkdir()
+    for name in ("t000.tif", "t001.TIFF", "T0002.Tif"):
+        tifffile.imwrite(sequence / name, np.zeros((8, 8), np.uint8))
+    assert sorted(frame_files(sequence, "frame")) == [0, 1, 2]
+    assert [p.frame for p in collect_inputs([str(sequence)])[0].pages] == [0, 1, 2]
+    for name in ("mask000.tif", "MASK001.tiff"):
+        tifffile.imwrite(tmp_path / name, np.zeros((8, 8), np.uint8))
+    assert sorted(ctc_frame_files(tmp_path, "res")) == [0, 1]
+    tifffile.imwrite(sequence / "t1.tif", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DeepcensInputError, match="same frame as"):
+        frame_files(sequence, "frame")
