@@ -12,10 +12,11 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from deepcens.benchmarks.ctc_metrics import perturb_labels, write_result_folder
+from deepcens.benchmarks.ctc_metrics import perturb_labels
 from deepcens.data.ctc import parse_track_file
+from deepcens.data.ctc_files import frame_files, write_result_folder
 from deepcens.errors import DeepcensInputError
-from deepcens.evaluation.ctc_measures import ctc_frame_files, evaluate_ctc_folders
+from deepcens.evaluation.ctc_measures import evaluate_ctc_folders
 from deepcens.evaluation.ctc_tra import clip_track_table, track_table_problems
 from deepcens.tracking import write_track_table
 
@@ -30,7 +31,7 @@ def reference(gt_dir, res_dir, metrics) -> dict:
 def gt_window(gt_dir: str, first: int, last: int, out_dir) -> list[np.ndarray]:
     """Frames first..last of a CTC GT (TRA only) renumbered from 0, man_track.txt clipped to
     the window (parents outside it dropped). Returns the marker frames."""
-    tra = ctc_frame_files(os.path.join(gt_dir, "TRA"), "tra")
+    tra = frame_files(os.path.join(gt_dir, "TRA"), "tra")
     os.makedirs(os.path.join(out_dir, "TRA"))
     markers = []
     for new, frame in enumerate(range(first, last + 1)):
@@ -174,7 +175,7 @@ def test_invalid_tracking_result_is_refused(tmp_path):
 def _pseudo_volumes(gt_dir: str, num_volumes: int = 3, planes: int = 4) -> list[np.ndarray]:
     """3D label volumes from consecutive SIM+ marker frames stacked as planes (a nucleus keeps
     its label from plane to plane, so objects are 3D), subsampled to 345x314."""
-    tra = ctc_frame_files(os.path.join(gt_dir, "TRA"), "tra")
+    tra = frame_files(os.path.join(gt_dir, "TRA"), "tra")
     return [np.stack([tifffile.imread(tra[t + z])[::2, ::2] for z in range(planes)]).astype(np.int32)
             for t in range(num_volumes)]
 

@@ -12,7 +12,8 @@ from detectron2.config import get_cfg
 
 from deepcens.config import add_deepcens_config
 from deepcens.data.ctc import parse_track_file
-from deepcens.evaluation.ctc_measures import ctc_frame_files, evaluate_ctc_folders
+from deepcens.data.ctc_files import frame_files
+from deepcens.evaluation.ctc_measures import evaluate_ctc_folders
 from deepcens.evaluation.ctc_tra import track_table_problems
 from deepcens.tracking import (
     TrackingResult, build_tracker, frame_objects, links_to_tracks, write_track_csv, write_track_table,
@@ -83,7 +84,7 @@ def test_lap_tracker_finds_division_and_closes_gap(cost):
 
 def _sim_markers(shared_data, frames=None):
     gt_dir = shared_data / "ctc" / "Fluo-N2DH-SIM+" / "01_GT"
-    files = ctc_frame_files(gt_dir / "TRA", "tra")
+    files = frame_files(gt_dir / "TRA", "tra")
     chosen = sorted(files) if frames is None else frames
     return str(gt_dir), [tifffile.imread(files[t]) for t in chosen]
 
@@ -217,7 +218,8 @@ def test_predict_ctc_format_track_writes_a_valid_tracked_folder(shared_data, tmp
     from ctc_metrics.metrics import valid
     from ctc_metrics.utils.filesystem import parse_masks, read_tracking_file
 
-    import deepcens.predict as predict_module
+    from deepcens.predict import main as predict_main
+    from deepcens.predict.predictor import Predictor
     from deepcens.evaluation.ctc_tra import clip_track_table
     from deepcens.postprocess.instances import label_image_to_instances
 
@@ -230,13 +232,13 @@ def test_predict_ctc_format_track_writes_a_valid_tracked_folder(shared_data, tmp
     def gt_predictions(self, images, file_names, batch_size=1, extra=None):
         return [label_image_to_instances(markers[int(re.search(r"t(\d+)\.tif", name).group(1))]) for name in file_names]
 
-    monkeypatch.setattr(predict_module.Predictor, "__call__", gt_predictions)
+    monkeypatch.setattr(Predictor, "__call__", gt_predictions)
     config = tmp_path / "xbnet.yaml"
     config.write_text('_BASE_: "{}"\nMODEL: {{DEVICE: "cpu"}}\n'.format(
         os.path.abspath("configs/xbnet/xbnet_sim_cpu.yaml")))
     out = tmp_path / "out"
-    assert predict_module.main(["--config-file", str(config), "--input", str(sequence), "--output", str(out),
-                                "--ctc-format", "--track", "--overlays", "--no-progress"]) == 0
+    assert predict_main(["--config-file", str(config), "--input", str(sequence), "--output", str(out),
+                         "--ctc-format", "--track", "--overlays", "--no-progress", "--allow-random-weights"]) == 0
     res = out / "01_RES"
     tracks = read_tracking_file(str(res / "res_track.txt"))
     masks = parse_masks(str(res))
@@ -252,6 +254,6 @@ def test_predict_ctc_format_track_writes_a_valid_tracked_folder(shared_data, tmp
     with open(out / "01_tracks.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == sum(len(np.unique(m)) - 1 for m in markers)
-    assert sorted(os.listdir(out / "overlays")) == [f"01_{t:03d}.png" for t in range(6)]
-    assert predict_module.main(["--config-file", str(config), "--input", str(sequence), "--output",
-                                str(tmp_path / "o2"), "--track", "--no-progress"]) == 2  # --track needs --ctc-format
+    assert sorted(os.listdir(out / "overlays" / "01")) == [f"t{t:03d}.png" for t in range(6)]
+    assert predict_main(["--config-file", str(config), "--input", str(sequence), "--output", str(tmp_path / "o2"),
+                         "--track", "--no-progress", "--allow-random-weights"]) == 2  # --track needs --ctc-format
