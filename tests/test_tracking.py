@@ -97,7 +97,7 @@ def _write(result: TrackingResult, res_dir):
 
 
 def test_tracking_sim_from_its_gt_masks(shared_data, tmp_path):
-    """The default tracker on SIM+ 01's own GT markers (65 frames, 27 divisions, ids shuffled
+    """The default tracker on SIM+ 01's own GT markers (65 frames, 28 divisions, ids shuffled
     per frame): TRA >= 0.99, a valid result folder."""
     gt_dir, markers = _sim_markers(shared_data)
     rng = np.random.default_rng(0)
