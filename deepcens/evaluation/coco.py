@@ -21,35 +21,12 @@ from detectron2.structures import BoxMode
 
 from deepcens.data.io import read_label
 from deepcens.errors import DeepcensInputError
-from deepcens.postprocess.instances import label_image_to_annotations
+from deepcens.postprocess.instances import label_image_to_annotations, segmentation_to_rle
 
 logger = logging.getLogger(__name__)
 
 COCO_BACKENDS = ("faster_coco_eval", "pycocotools")
 AREA_KEYS = {"small": "APs", "medium": "APm", "large": "APl"}
-
-
-def annotation_rle(annotation: dict, height: int, width: int, where: str) -> dict | None:
-    """Compressed RLE of a detectron2 annotation's ``segmentation`` (polygons or RLE); None
-    when it has no usable segmentation."""
-    segmentation = annotation.get("segmentation")
-    if segmentation is None:
-        return None
-    if isinstance(segmentation, list):
-        polygons = [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
-        if not polygons:
-            return None
-        return mask_util.merge(mask_util.frPyObjects(polygons, height, width))
-    if isinstance(segmentation, dict):
-        if isinstance(segmentation.get("counts"), list):
-            return mask_util.frPyObjects(segmentation, height, width)
-        rle = dict(segmentation)
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-        if tuple(rle["size"]) != (height, width):
-            raise DeepcensInputError(where, f"mask RLE size {tuple(rle['size'])} differs from image size {(height, width)}")
-        return rle
-    raise DeepcensInputError(where, f"unsupported segmentation type {type(segmentation).__name__}")
 
 
 def ground_truth_annotations(record: dict) -> list[dict]:
@@ -64,7 +41,7 @@ def ground_truth_annotations(record: dict) -> list[dict]:
     if "annotations" in record:
         result = []
         for annotation in record["annotations"]:
-            rle = annotation_rle(annotation, height, width, where)
+            rle = segmentation_to_rle(annotation.get("segmentation"), height, width, where)
             if "bbox" in annotation:
                 mode = annotation.get("bbox_mode", BoxMode.XYWH_ABS)
                 box = BoxMode.convert(list(annotation["bbox"]), mode, BoxMode.XYWH_ABS)
@@ -91,7 +68,7 @@ def label_annotations(labels: np.ndarray) -> list[dict]:
         rle = annotation["segmentation"]
         rle["counts"] = rle["counts"].encode("ascii")
         result.append({"category_id": 0, "bbox": annotation["bbox"], "segmentation": rle,
-                       "area": float(mask_util.area(rle)), "iscrowd": 0})
+                       "area": annotation["area"], "iscrowd": 0})
     return result
 
 
