@@ -161,3 +161,35 @@ def test_compact_mask_rcnn_pastes_the_pixels_of_the_dense_path(tmp_path):
     assert torch.equal(compact.pred_boxes.tensor, dense.pred_boxes.tensor)
     assert (compact.pred_masks.dense() == dense.pred_masks.numpy()).all()
     assert compact.pred_masks.areas().sum() > 0
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_crowded_images_scored_as_independent_groups_give_identical_ap(real_labels, monkeypatch, backend):
+    from deepcens.evaluation import coco
+
+    rng = np.random.default_rng(4)
+    images, gts, results = [], [], []
+    for image_id, labels in enumerate(real_labels, 1):
+        dense, scores = overlapping_prediction(labels, rng)
+        scores = np.round(scores, 1)  # many ties: the order COCOeval breaks them by must be kept
+        predicted = Instances(labels.shape)
+        predicted.pred_masks = CroppedMasks.from_dense(dense)
+        predicted.scores = torch.from_numpy(scores)
+        predicted.pred_classes = torch.from_numpy(rng.integers(0, 2, len(scores)))
+        images.append({"id": image_id, "height": labels.shape[0], "width": labels.shape[1]})
+        gt = label_annotations(labels)
+        for annotation in gt:
+            annotation["category_id"] = int(rng.integers(0, 2))
+        gts.append(gt)
+        results += [dict(e, category_id=e["category_id"] + 1) for e in instances_to_coco_results(predicted, image_id)]
+    gt_dict = build_coco_dict(images, gts, ["a", "b"])
+    for iou_type in ("bbox", "segm"):
+        for max_dets in (500, 20):
+            whole = evaluate_coco(gt_dict, results, iou_type, max_dets, ["a", "b"], backend)
+            with monkeypatch.context() as patch:
+                patch.setattr(coco, "SPLIT_PAIRS", 50)
+                patch.setattr(coco, "GROUP_SIZE", 8)
+                split = evaluate_coco(gt_dict, results, iou_type, max_dets, ["a", "b"], backend)
+                gt_split, _ = coco.split_into_independent_images(gt_dict, results, max_dets)
+            assert len(gt_split["images"]) > 3 * len(images)
+            assert split == pytest.approx(whole, nan_ok=True, abs=1e-12) and whole["AP"] > 0

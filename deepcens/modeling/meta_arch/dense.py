@@ -123,22 +123,34 @@ class DenseSegmentor(nn.Module):
         return probabilities[:, p:p + height, p:p + width]
 
     def _sliding_window(self, x: torch.Tensor, tile: int) -> torch.Tensor:
-        """Blend softmax probabilities of overlapping ``tile`` x ``tile`` windows over ``x`` (1, C, H, W)."""
+        """Blend softmax probabilities of overlapping ``tile`` x ``tile`` windows over ``x`` (1, C, H, W).
+
+        Memory beyond the input is one float32 ``(NUM_OUTPUTS, H, W)`` sum plus one tile's
+        activations at a time: the blend weights are separable (a window per axis summed over
+        the tile starts), so their total is two vectors, and the sum is normalised in place.
+        """
         x = _pad_to(x, max(x.shape[-2], tile), max(x.shape[-1], tile), "reflect")
         height, width = x.shape[-2:]
         stride = max(int(tile * (1.0 - self.sliding_overlap)), 1)
         window = blend_window(tile, self.sliding_overlap, x.device)
         weight2d = window[:, None] * window[None, :]
+        tops, lefts = tile_starts(height, tile, stride), tile_starts(width, tile, stride)
+        row_weights = torch.zeros(height, device=x.device)
+        column_weights = torch.zeros(width, device=x.device)
+        for top in tops:
+            row_weights[top:top + tile] += window
+        for left in lefts:
+            column_weights[left:left + tile] += window
         total = None
-        weights = torch.zeros((height, width), device=x.device)
-        for top in tile_starts(height, tile, stride):
-            for left in tile_starts(width, tile, stride):
+        for top in tops:
+            for left in lefts:
                 probs = F.softmax(self.network(x[..., top:top + tile, left:left + tile]), dim=1)[0]
                 if total is None:
                     total = torch.zeros((probs.shape[0], height, width), device=x.device)
                 total[:, top:top + tile, left:left + tile] += probs * weight2d
-                weights[top:top + tile, left:left + tile] += weight2d
-        return total / weights
+        total /= row_weights[:, None]
+        total /= column_weights[None, :]
+        return total
 
     def inference(self, batched_inputs: list[dict]) -> list[dict]:
         """``[{"instances": Instances}]``, one per input, in the size ``height`` x ``width`` of the input dict."""
