@@ -13,7 +13,7 @@ from torch import nn
 from deepcens.config import add_deepcens_config
 from deepcens.data.dense_mapper import DenseTargetMapper, parse_dataset_crop_sizes
 from deepcens.errors import DeepcensInputError
-from deepcens.modeling.meta_arch.dense import blend_window, tile_starts
+from deepcens.postprocess.tiling import blend_window, tile_starts
 
 
 def tiny_cfg():

@@ -180,7 +180,7 @@ def _run_case(path: str, size: int, count: int, object_size: int, seed: int, den
         result["dense"].update(ctc_s=stage.seconds, ctc_mib=stage.peak_mib, SEG=round(counts.seg(), 4),
                                DET=round(counts.det(), 4))
     if path:
-        from deepcens.predict import write_label_tiff
+        from deepcens.data.io import write_label_tiff
 
         for name, labels in (("gt", gt), ("pred", pred)):
             write_label_tiff(os.path.join(path, name, "field.tif"), labels)

@@ -53,6 +53,9 @@ class DeepcensCheckpointer(DetectionCheckpointer):
             handle.write(last_filename_basename)
 
     def _torch_load(self, filename: str) -> Any:
+        from deepcens.engine.weights import check_torch_file
+
+        check_torch_file(filename)  # random bytes are "not a torch checkpoint", not an unpickling question
         try:
             return torch.load(filename, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:

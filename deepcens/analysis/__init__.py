@@ -1,0 +1,1 @@
+"""Analyses run on datasets and trained models (anchor statistics, decoder grid search)."""
