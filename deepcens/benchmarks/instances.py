@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dense-limit-gb", type=float, default=3.0,
                         help="run the dense path only where COUNT x SIZE^2 bytes of masks stay below this")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dense-field", type=int, default=0, metavar="SIZE",
+                        help="also time a dense method on a SIZE x SIZE field: sliding-window probabilities of a "
+                        "small random-weight XB-Net (512-pixel tiles), then the tertiary decoder on the GT's "
+                        "background / boundary / cell map of the last case's field size and objects")
     parser.add_argument("--save-fields", default="", metavar="DIR",
                         help="write the last case's GT and predicted label images as DIR/{gt,pred}/field.tif")
 
@@ -187,6 +191,48 @@ def _run_case(path: str, size: int, count: int, object_size: int, seed: int, den
     queue.put(result)
 
 
+def _run_dense_field(size: int, count: int, object_size: int, seed: int, queue) -> None:
+    """Sliding-window probabilities and tertiary decoding of one large field (peak memory above
+    the image, respectively above the probability map the decoder receives)."""
+    import torch
+    from detectron2.config import get_cfg
+    from scipy import ndimage
+
+    from deepcens.config import add_deepcens_config
+    from deepcens.modeling.meta_arch.dense import DenseSegmentor
+    from deepcens.postprocess.decoders import decode_tertiary
+    from deepcens.postprocess.instances import instances_to_label_image
+
+    torch.set_num_threads(1)
+    cfg = get_cfg()
+    add_deepcens_config(cfg)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DENSE.XBNET.BASE_CHANNELS = 8
+    cfg.MODEL.DENSE.XBNET.NUM_STAGES = 2
+    cfg.MODEL.DENSE.SLIDING_WINDOW = 512
+    model = DenseSegmentor(cfg).eval()
+    gt, _ = synthetic_field(size, count, object_size, seed)
+    image = torch.from_numpy((gt > 0).astype(np.float32) * 0.8 + 0.1)[None]
+    result: dict = {"size": size, "objects": count, "image_mib": round(image.numel() * 4 / 2**20, 1)}
+    with torch.no_grad(), _Stage() as stage:
+        probabilities = model.predict_probabilities(image)
+    result["sliding_window"] = {"s": stage.seconds, "peak_mib": stage.peak_mib,
+                                "probabilities_mib": round(probabilities.numel() * 4 / 2**20, 1)}
+    del probabilities, image
+    edge = (ndimage.grey_dilation(gt, size=3) != ndimage.grey_erosion(gt, size=3)) & (gt > 0)
+    target = np.where(gt > 0, 2, 0).astype(np.int64)
+    target[edge] = 1
+    one_hot = np.zeros((3, size, size), dtype=np.float32)
+    for channel in range(3):
+        one_hot[channel][target == channel] = 1.0
+    del target, edge
+    with _Stage() as stage:
+        instances = decode_tertiary(torch.from_numpy(one_hot))
+        labels = instances_to_label_image(instances)
+    result["decode_to_label_image"] = {"s": stage.seconds, "peak_mib": stage.peak_mib, "objects": int(labels.max())}
+    queue.put(result)
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     cases = []
     for entry in str(args.cases).split(","):
@@ -207,4 +253,13 @@ def run(args: argparse.Namespace) -> list[dict]:
             result["dense"] = f"not run: {count * size * size / 2**30:.0f} GiB of masks"
         results.append(result)
         print(result, flush=True)
+    if args.dense_field:
+        size, count = args.dense_field, cases[-1][1] if cases else 1000
+        count = min(count, int((size / (args.object_size + 8)) ** 2))
+        queue = context.Queue()
+        process = context.Process(target=_run_dense_field, args=(size, count, args.object_size, args.seed, queue))
+        process.start()
+        results.append({"dense_field": queue.get()})
+        process.join()
+        print(results[-1], flush=True)
     return results
