@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import argparse
 import html
-import io
 import logging
 import math
 import os
 from typing import Sequence
-
-import numpy as np
 
 from deepcens.data.io import read_json
 from deepcens.errors import DeepcensInputError

@@ -111,17 +111,19 @@ def _status_kib(key: str) -> int:
 
 
 class _Stage:
-    """Wall time and peak resident memory (MiB above the start of the stage) of a block."""
+    """Wall time, CPU time (the machine may be shared) and peak resident memory (MiB above the
+    start of the stage) of a block."""
 
     def __enter__(self) -> "_Stage":
         with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
             handle.write("5")  # resets VmHWM to the current resident size
         self.base = _status_kib("VmRSS")
-        self.start = time.perf_counter()
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc) -> None:
         self.seconds = round(time.perf_counter() - self.start, 3)
+        self.cpu_seconds = round(time.process_time() - self.cpu_start, 3)
         self.peak_mib = round((_status_kib("VmHWM") - self.base) / 1024, 1)
 
 
@@ -151,22 +153,25 @@ def _run_case(path: str, size: int, count: int, object_size: int, seed: int, den
     with _Stage() as stage:
         instances = label_image_to_instances(pred)
         rendered = instances_to_label_image(instances)
-    result["cropped"] = {"round_trip_s": stage.seconds, "round_trip_mib": stage.peak_mib}
+    result["cropped"] = {"round_trip_s": stage.seconds, "round_trip_cpu_s": stage.cpu_seconds,
+                         "round_trip_mib": stage.peak_mib}
     with _Stage() as stage:
         gt_rles = CroppedMasks.from_label_image(gt)[0].to_rles()
         dt = [dict(e, category_id=1) for e in instances_to_coco_results(instances, 1)]
         ap = _coco_segm_ap(gt, gt_rles, dt, max_dets)
-    result["cropped"].update(coco_s=stage.seconds, coco_mib=stage.peak_mib, segm_AP=ap)
+    result["cropped"].update(coco_s=stage.seconds, coco_cpu_s=stage.cpu_seconds, coco_mib=stage.peak_mib, segm_AP=ap)
     with _Stage() as stage:
         counts, _ = frame_counts(rendered, gt)
-    result["cropped"].update(ctc_s=stage.seconds, ctc_mib=stage.peak_mib, SEG=round(counts.seg(), 4),
+    result["cropped"].update(ctc_s=stage.seconds, ctc_cpu_s=stage.cpu_seconds, ctc_mib=stage.peak_mib,
+                             SEG=round(counts.seg(), 4),
                              DET=round(counts.det(), 4))
     del instances, dt, gt_rles
     if dense:
         with _Stage() as stage:
             masks, scores = _dense_to_masks(pred)
             dense_rendered = _dense_to_label_image(masks, scores)
-        result["dense"] = {"round_trip_s": stage.seconds, "round_trip_mib": stage.peak_mib,
+        result["dense"] = {"round_trip_s": stage.seconds, "round_trip_cpu_s": stage.cpu_seconds,
+                           "round_trip_mib": stage.peak_mib,
                            "same_label_image": bool((dense_rendered == rendered).all())}
         with _Stage() as stage:
             gt_masks, _ = _dense_to_masks(gt)
@@ -177,11 +182,12 @@ def _run_case(path: str, size: int, count: int, object_size: int, seed: int, den
                    "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]}
                   for r, (x0, y0, x1, y1) in zip(_dense_rles(masks), boxes)]
             ap = _coco_segm_ap(gt, gt_rles, dt, max_dets)
-        result["dense"].update(coco_s=stage.seconds, coco_mib=stage.peak_mib, segm_AP=ap)
+        result["dense"].update(coco_s=stage.seconds, coco_cpu_s=stage.cpu_seconds, coco_mib=stage.peak_mib, segm_AP=ap)
         del masks
         with _Stage() as stage:
             counts, _ = frame_counts(dense_rendered, gt)
-        result["dense"].update(ctc_s=stage.seconds, ctc_mib=stage.peak_mib, SEG=round(counts.seg(), 4),
+        result["dense"].update(ctc_s=stage.seconds, ctc_cpu_s=stage.cpu_seconds, ctc_mib=stage.peak_mib,
+                               SEG=round(counts.seg(), 4),
                                DET=round(counts.det(), 4))
     if path:
         from deepcens.data.io import write_label_tiff
@@ -216,7 +222,7 @@ def _run_dense_field(size: int, count: int, object_size: int, seed: int, queue) 
     result: dict = {"size": size, "objects": count, "image_mib": round(image.numel() * 4 / 2**20, 1)}
     with torch.no_grad(), _Stage() as stage:
         probabilities = model.predict_probabilities(image)
-    result["sliding_window"] = {"s": stage.seconds, "peak_mib": stage.peak_mib,
+    result["sliding_window"] = {"s": stage.seconds, "cpu_s": stage.cpu_seconds, "peak_mib": stage.peak_mib,
                                 "probabilities_mib": round(probabilities.numel() * 4 / 2**20, 1)}
     del probabilities, image
     edge = (ndimage.grey_dilation(gt, size=3) != ndimage.grey_erosion(gt, size=3)) & (gt > 0)
@@ -229,7 +235,8 @@ def _run_dense_field(size: int, count: int, object_size: int, seed: int, queue) 
     with _Stage() as stage:
         instances = decode_tertiary(torch.from_numpy(one_hot))
         labels = instances_to_label_image(instances)
-    result["decode_to_label_image"] = {"s": stage.seconds, "peak_mib": stage.peak_mib, "objects": int(labels.max())}
+    result["decode_to_label_image"] = {"s": stage.seconds, "cpu_s": stage.cpu_seconds, "peak_mib": stage.peak_mib,
+                                       "objects": int(labels.max())}
     queue.put(result)
 
 
