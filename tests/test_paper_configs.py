@@ -37,7 +37,7 @@ def test_yaml_values_are_the_papers(name):
     sizes, classes, setting = SETTINGS[name]
     cfg = load_config(str(CONFIGS / name))
     m = cfg.MODEL
-    assert m.META_ARCHITECTURE == "GeneralizedRCNN" and m.MASK_ON
+    assert m.META_ARCHITECTURE == "CompactMaskRCNN" and m.MASK_ON
     assert m.BACKBONE.NAME == "build_resnest_fpn_backbone"
     assert m.RESNEST.DEPTH == 200 and m.RESNEST.NORM == "SyncBN"
     assert list(m.RESNEST.DEFORM_ON_PER_STAGE) == [False, True, True, True]  # DCN in res3-res5

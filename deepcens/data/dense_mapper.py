@@ -22,7 +22,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.structures import polygons_to_bitmask
 
 from deepcens.data.io import to_float_rgb
 from deepcens.data.mappers import MAPPER_REGISTRY, read_record_image
@@ -46,20 +45,15 @@ def dataset_crop_sizes(names: Sequence[str], sizes: Sequence[int]) -> dict[str, 
 
 def _annotations_to_labels(dataset_dict: dict) -> np.ndarray:
     """Instance label image from polygon / RLE annotations (later objects drawn over earlier)."""
-    from pycocotools import mask as mask_util
+    from deepcens.postprocess.instances import segmentations_to_masks
 
     height, width = int(dataset_dict["height"]), int(dataset_dict["width"])
     labels = np.zeros((height, width), dtype=np.int32)
-    for index, ann in enumerate(a for a in dataset_dict["annotations"] if not a.get("iscrowd", 0)):
-        segm = ann.get("segmentation")
-        if isinstance(segm, list):
-            mask = polygons_to_bitmask(segm, height, width)
-        elif isinstance(segm, dict):
-            mask = mask_util.decode(segm if isinstance(segm["counts"], bytes)
-                                    else mask_util.frPyObjects(segm, height, width)).astype(bool)
-        else:
-            raise DeepcensInputError(dataset_dict.get("file_name"), "annotation without a segmentation")
-        labels[mask] = index + 1
+    chosen = [a for a in dataset_dict["annotations"] if not a.get("iscrowd", 0)]
+    if any(not isinstance(a.get("segmentation"), (list, dict)) for a in chosen):
+        raise DeepcensInputError(dataset_dict.get("file_name"), "annotation without a segmentation")
+    masks = segmentations_to_masks([a["segmentation"] for a in chosen], height, width, dataset_dict.get("file_name"))
+    masks.paint(labels, range(1, len(chosen) + 1), overwrite=True)
     return labels
 
 
