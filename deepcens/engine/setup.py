@@ -44,6 +44,7 @@ def prepare_datasets(cfg: CfgNode) -> None:
     from detectron2.utils import comm
 
     from deepcens.data import evican
+    from deepcens.data.user_datasets import register_user_datasets_from_cfg
 
     root = cfg.DATASETS.ROOT
     synthetic_root = os.path.join(root, "synthetic")
@@ -58,6 +59,7 @@ def prepare_datasets(cfg: CfgNode) -> None:
                            num_val=num_val, num_eval=num_eval, size=cfg.DATASETS.SYNTHETIC.SIZE)
         comm.synchronize()
     evican.register_evican_from_cfg(cfg)
+    register_user_datasets_from_cfg(cfg)  # DATASETS.FOLDERS / DATASETS.COCO
 
 
 def quiet_console() -> None:
