@@ -201,20 +201,20 @@ def _cfg(tmp_path, base: str, opts: list[str]):
 
 
 def test_config_lists_register_folders_and_coco_files(tmp_path):
+    from deepcens.data.user_datasets import register_user_datasets_from_cfg
+
     images, labels = write_folder(tmp_path, [("a.tif", "a_label.tif"), ("b.tif", "b_label.tif")])
     json_file, root = write_coco(tmp_path)
     cfg = _cfg(tmp_path, "configs/examples/my_folders_xbnet.yaml", [
         "DATASETS.FOLDERS", f"[('cfg_folder', '{images}', '{labels}')]",
         "DATASETS.COCO", f"[['cfg_coco', '{json_file}', '{root}']]"])
     assert len(DatasetCatalog.get("cfg_folder")) == 2 and len(DatasetCatalog.get("cfg_coco")) == 2
-    from deepcens.engine.setup import load_config
-
+    cfg.DATASETS.FOLDERS = [("only_a_name",)]
     with pytest.raises(DeepcensInputError, match="DATASETS.FOLDERS entry"):
-        cfg.DATASETS.FOLDERS = [("only_a_name",)]
-        from deepcens.data.user_datasets import register_user_datasets_from_cfg
-
         register_user_datasets_from_cfg(cfg)
-    assert load_config  # the example config itself loads (above)
+    cfg.DATASETS.FOLDERS = [("twice", images, labels), ("twice", images, labels)]
+    with pytest.raises(DeepcensInputError, match="names a dataset twice"):
+        register_user_datasets_from_cfg(cfg)
 
 
 def _train_two_iterations(cfg):
