@@ -19,6 +19,8 @@ def add_deepcens_config(cfg: CN) -> None:
     _add_evaluation_config(cfg)
     _add_reliability_config(cfg)
     _add_output_config(cfg)
+    _add_user_data_config(cfg)
+    _add_plugin_config(cfg)
 
 
 def _add_input_config(cfg: CN) -> None:
@@ -179,3 +181,16 @@ def _add_output_config(cfg: CN) -> None:
     # ---- outputs -----------------------------------------------------------------------------
     cfg.RUN.OUTPUT_OVERLAYS = 4  # prediction overlay PNGs written after evaluation in train_net
     cfg.RUN.CONSOLE = "full"  # full: detectron2's console log | progress: progress bar and final table (full log in OUTPUT_DIR/log.txt)
+
+
+def _add_user_data_config(cfg: CN) -> None:
+    # ---- the user's own data sets (deepcens/data/user_datasets.py) -----------------------------
+    cfg.DATASETS.FOLDERS = []  # label-image folders to register: list of [name, images_dir, labels_dir]
+    cfg.DATASETS.COCO = []  # COCO instances files to register: list of [name, json_file, image_root]
+
+
+def _add_plugin_config(cfg: CN) -> None:
+    # ---- out-of-tree plugins named in $DEEPCENS_PLUGINS declare their own keys (deepcens/plugins.py)
+    from deepcens.plugins import add_plugin_configs
+
+    add_plugin_configs(cfg)
