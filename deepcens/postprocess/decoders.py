@@ -119,10 +119,12 @@ def decode_tertiary(
     labels = tertiary_labels(probabilities, min_object_size, max_hole_size, grow_into_boundary)
     if labels.ndim != 2:
         raise ValueError("decode_tertiary takes one 2D image; use tertiary_labels for volumes")
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    scores = ndimage.mean(probabilities[CELL], labels, ids) if len(ids) else np.zeros(0)
-    return label_image_to_instances(labels, scores=np.asarray(scores, dtype=np.float32))
+    instances = label_image_to_instances(labels)
+    cell_score = probabilities[CELL]
+    scores = [cell_score[y0:y1, x0:x1][crop].mean(dtype=np.float64) for (x0, y0, x1, y1), crop
+              in instances.pred_masks.items()]
+    instances.scores = torch.tensor(scores, dtype=torch.float32)
+    return instances
 
 
 def _dataset_keys(dataset_name: str | None) -> list[str]:
