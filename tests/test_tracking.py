@@ -78,6 +78,12 @@ def test_lap_tracker_finds_division_and_closes_gap(cost):
     gap_child = [row for row in result.tracks.tolist() if row[1] == 3 and row[3] and ends[row[3]][2] == 1]
     if cost == "centroid":  # the overlap cost cannot bridge a gap the disc moved out of
         assert len(gap_child) == 1
+    from deepcens.postprocess.instances import label_image_to_instances
+
+    from_instances = LapTracker(cost=cost, max_distance=12, min_overlap=0.2, gap_closing_frames=1,
+                                gap_closing_max_distance=12, division_max_distance=15).track(
+        [label_image_to_instances(f) for f in frames])
+    assert np.array_equal(from_instances.tracks, result.tracks)  # Instances are rendered, then linked alike
     without = LapTracker(cost=cost, max_distance=12, gap_closing_frames=0, divisions=False).track(frames)
     assert without.divisions() == 0 and not track_table_problems(without.tracks, _ids(without.labels))
 

@@ -10,5 +10,5 @@ from deepcens.tracking.base import (  # noqa: F401
 from deepcens.tracking import trackers  # noqa: F401  (registrations)
 from deepcens.tracking.io import write_track_csv, write_track_table  # noqa: F401
 
-__all__ = ["TRACKER_REGISTRY", "TrackingResult", "build_tracker", "frame_objects", "links_to_tracks",
+__all__ = ["TRACKER_REGISTRY", "FrameObjects", "TrackingResult", "build_tracker", "frame_objects", "links_to_tracks",
            "write_track_csv", "write_track_table"]

@@ -2,7 +2,7 @@
 
 A tracker turns a sequence of per-frame label images (0 = background, any positive ids, as
 :func:`deepcens.postprocess.instances.instances_to_label_image` renders every method's
-``Instances``) into label images whose ids persist over time plus a CTC track table
+``Instances``; trackers accept the ``Instances`` too) into label images whose ids persist over time plus a CTC track table
 (``L B E P`` rows). Trackers only decide *links* between objects of different frames; this
 module turns links into CTC tracks: a track is a run of objects in consecutive frames, and a
 new track starts after a division (two successors; both daughters name the mother as parent)
@@ -123,9 +123,14 @@ def links_to_tracks(label_frames: Sequence[np.ndarray], objects: Sequence[FrameO
     return TrackingResult(relabelled, tracks.astype(np.int64))
 
 
-def check_frames(label_frames: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The frames as integer arrays of one shape (clear errors otherwise)."""
-    frames = [np.asarray(f) for f in label_frames]
+def check_frames(label_frames: Sequence) -> list[np.ndarray]:
+    """The frames as integer arrays of one shape (clear errors otherwise); per-frame
+    ``Instances`` are rendered into label images first (overlaps to the higher score)."""
+    from detectron2.structures import Instances
+
+    from deepcens.postprocess.instances import instances_to_label_image
+
+    frames = [instances_to_label_image(f) if isinstance(f, Instances) else np.asarray(f) for f in label_frames]
     if not frames:
         raise ValueError("no frames to track")
     for t, frame in enumerate(frames):

@@ -79,7 +79,6 @@ class LapTracker:
         else:  # the overlap metric looks objects up by (frame, index)
             coords = [np.stack([np.full(len(o.ids), t), np.arange(len(o.ids))], axis=1).astype(float)
                       for t, o in enumerate(objects)]
-        coords = [c if len(c) else np.zeros((0, coords[0].shape[1] if len(coords[0]) else frames[0].ndim)) for c in coords]
         if sum(len(c) for c in coords) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         graph = self._laptrack(frames).predict(coords)
