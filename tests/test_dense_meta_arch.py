@@ -197,7 +197,9 @@ def test_xbnet_configs_load_and_name_registered_parts():
         TRAIN_LOOP_REGISTRY.get(cfg.SOLVER.TRAIN_SCHEME)
     cfg = load_config(str(folder / "unet_scheme_acc.yaml"))
     assert cfg.SOLVER.TRAIN_SCHEME == "Acc" and cfg.SOLVER.MAX_ITER * len(cfg.DATASETS.TRAIN) == pytest.approx(33800, abs=3)
-    cfg = load_config(str(folder / "xbnet_fluo_n2dh_sim.yaml"))
+    cfg = load_config(str(folder / "xbnet_sim01_frame_split.yaml"))
     assert tuple(cfg.SOLVER.COSINE_RESTARTS) == (600, 1800, 4200) and cfg.SOLVER.MAX_ITER == 9000
+    cfg = load_config(str(folder / "xbnet_fluo_n2dh_sim.yaml"))  # paper GT only: 193 frames // 8 per epoch
+    assert tuple(cfg.SOLVER.COSINE_RESTARTS) == (2400, 7200, 16800) and cfg.SOLVER.MAX_ITER == 36000
     cfg = load_config(str(folder / "xbnet_sim_cpu.yaml"))
     assert num_parameters(build_model(cfg).network) == 713123

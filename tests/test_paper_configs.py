@@ -47,7 +47,8 @@ def test_yaml_values_are_the_papers(name):
     assert list(m.ANCHOR_GENERATOR.FLAT_SIZES) == sizes and m.ANCHOR_GENERATOR.FLAT_SIZES_MAPPING == "all_levels"
     assert [list(r) for r in m.ANCHOR_GENERATOR.ASPECT_RATIOS] == [[0.25, 0.5, 1.0, 2.0, 4.0]]
     assert list(m.RPN.IOU_THRESHOLDS) == [0.3, 0.7] and m.RPN.POST_NMS_TOPK_TRAIN == 2000
-    assert m.ROI_HEADS.NAME == "CascadeROIHeads" and m.ROI_HEADS.NUM_CLASSES == classes
+    assert m.ROI_HEADS.NAME == "DeepcensCascadeROIHeads" and m.ROI_HEADS.NUM_CLASSES == classes
+    assert m.ROI_MASK_HEAD.CASCADE_STAGES == "last"  # paper III-C: mask head at the final stage
     assert list(m.ROI_BOX_CASCADE_HEAD.IOUS) == [0.5, 0.6, 0.7]
     assert list(m.PIXEL_MEAN) == [114.83] * 3 and list(m.PIXEL_STD) == [15.455] * 3
     s = cfg.SOLVER

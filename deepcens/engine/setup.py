@@ -75,7 +75,7 @@ def prepare_datasets(cfg: CfgNode) -> None:
     """
     from detectron2.utils import comm
 
-    from deepcens.data import evican
+    from deepcens.data import ctc, evican
 
     root = cfg.DATASETS.ROOT
     synthetic_root = os.path.join(root, "synthetic")
@@ -90,6 +90,7 @@ def prepare_datasets(cfg: CfgNode) -> None:
                            num_val=num_val, num_eval=num_eval, size=cfg.DATASETS.SYNTHETIC.SIZE)
         comm.synchronize()
     evican.register_evican_from_cfg(cfg)
+    ctc.register_ctc_configuration_from_cfg(cfg)
 
 
 def quiet_console() -> None:

@@ -35,6 +35,7 @@ from detectron2.utils.logger import setup_logger
 
 from deepcens.data.mappers import build_mapper
 from deepcens.engine.checkpoint import DeepcensCheckpointer
+from deepcens.engine.best_checkpoint import CheckpointCriterion, CriterionBestCheckpointer
 from deepcens.engine.hooks import BadInputReportHook, ResumeStateHook, nonfinite_loss_guard
 from deepcens.engine.resume import build_resumable_train_loader
 from deepcens.utils.metrics_log import SafeJSONWriter
@@ -125,7 +126,7 @@ class Trainer(DefaultTrainer):
         params = get_default_optimizer_params(
             model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM)
         return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
-            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, amsgrad=cfg.SOLVER.AMSGRAD)
 
     @classmethod
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):
@@ -168,10 +169,10 @@ class Trainer(DefaultTrainer):
                 hook = hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._eval_function(eval_datasets))
                 result.extend(extra)
                 result.append(hook)
-                if cfg.SOLVER.BEST_CHECKPOINT_METRIC and cfg.TEST.EVAL_PERIOD > 0 and comm.is_main_process():
-                    result.append(hooks.BestCheckpointer(
-                        cfg.TEST.EVAL_PERIOD, self.checkpointer, cfg.SOLVER.BEST_CHECKPOINT_METRIC,
-                        mode=cfg.SOLVER.BEST_CHECKPOINT_MODE))
+                wants_best = cfg.SOLVER.BEST_CHECKPOINT_METRIC or cfg.SOLVER.BEST_CHECKPOINT_CRITERION == "loss"
+                if wants_best and cfg.TEST.EVAL_PERIOD > 0 and comm.is_main_process():
+                    result.append(CriterionBestCheckpointer(
+                        cfg.TEST.EVAL_PERIOD, self.checkpointer, CheckpointCriterion.from_config(cfg)))
             else:
                 result.append(hook)
         # first: random states are snapshot right after each step, before other hooks draw numbers
@@ -190,8 +191,12 @@ class Trainer(DefaultTrainer):
 
     def _eval_function(self, dataset_names: Sequence[str]):
         def evaluate():
-            self._last_eval_results = self.test_on(self.cfg, self.model, dataset_names)
-            return self._last_eval_results
+            results = self.test_on(self.cfg, self.model, dataset_names)
+            self._last_eval_results = results
+            if self.cfg.TEST.EVAL_ON_TRAIN and len(self.cfg.DATASETS.TRAIN):
+                # XB-Net Sec. 5.4: the training sets are scored too (train/... in metrics.json)
+                results = OrderedDict(results, train=self.test_on(self.cfg, self.model, self.cfg.DATASETS.TRAIN))
+            return results
         return evaluate
 
 

@@ -5,8 +5,10 @@ first stage, doubling per stage up to 1024 at the bottleneck), 2x2 max pooling d
 up-convolution up, BatchNorm, no ASPP. One switch per paper variant:
 ``DEPTH`` 6 (Depth6), ``DOWNSAMPLE "conv"`` (Convstride: 3x3 stride-2 convs), ``ASPP True``
 (ASPP at the bottleneck), ``UPSAMPLE "pixelshuffle"`` (Pixelshuffle), ``NORM "GN"``
-(Groupnorm, 8 groups). ``ENCODER "resnet50"`` / ``"resnext50"`` are the backbone variants of
-Sec. 4.3 (torchvision trunks, ``conv1`` at stride 1, bridges after ``conv1`` and each layer).
+(Groupnorm, 8 groups). ``ENCODER "resnet50"`` / ``"resnext50"`` / ``"xception"`` /
+``"densenet201"`` / ``"resden"`` are the backbone variants of Sec. 4.3 (ResNets: torchvision
+trunks, ``conv1`` at stride 1, bridges after ``conv1`` and each layer; the others in
+:mod:`deepcens.modeling.dense.unet_encoders`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ from torch import nn
 
 from deepcens.modeling.dense import DENSE_NETWORK_REGISTRY
 from deepcens.modeling.dense.blocks import ASPP, conv_norm_act, make_norm
+from deepcens.modeling.dense.unet_encoders import DenseNetEncoder, ResDenEncoder, XceptionEncoder
+
+OTHER_ENCODERS = {"xception": XceptionEncoder, "densenet201": DenseNetEncoder, "resden": ResDenEncoder}
 
 
 def vgg_block(in_channels: int, out_channels: int, norm: str, groups: int) -> nn.Sequential:
@@ -94,9 +99,15 @@ class UNet(nn.Module):
         if encoder == "vgg":
             self.encoder = VGGEncoder(in_channels, base_channels, depth, norm, groups, downsample)
             self.size_divisibility = 2 ** (depth - 1)
-        else:
+        elif encoder in ("resnet50", "resnext50"):
             self.encoder = ResNetEncoder(encoder, in_channels, norm, groups)
             self.size_divisibility = 16
+        elif encoder in OTHER_ENCODERS:
+            self.encoder = OTHER_ENCODERS[encoder](in_channels, norm=norm, groups=groups)
+            self.size_divisibility = self.encoder.size_divisibility
+        else:
+            raise ValueError(f"MODEL.DENSE.UNET.ENCODER must be one of vgg, resnet50, resnext50, "
+                             f"{', '.join(OTHER_ENCODERS)}; got {encoder!r}")
         if upsample not in ("upconv", "pixelshuffle"):
             raise ValueError(f"MODEL.DENSE.UNET.UPSAMPLE must be upconv or pixelshuffle, got {upsample!r}")
         c = self.encoder.out_channels
