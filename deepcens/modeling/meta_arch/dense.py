@@ -119,8 +119,13 @@ class DenseSegmentor(nn.Module):
         else:
             padded = _pad_to(x, _round_up(x.shape[-2], self.size_divisibility),
                              _round_up(x.shape[-1], self.size_divisibility), "reflect")
-            probabilities = F.softmax(self.network(padded), dim=1)[0]
+            probabilities = self.network_probabilities(padded)[0]
         return probabilities[:, p:p + height, p:p + width]
+
+    def network_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, NUM_OUTPUTS, H, W)`` probabilities of the network on a padded batch; the hook for
+        networks with several heads (override to map their outputs to the decoder's channels)."""
+        return F.softmax(self.network(x), dim=1)
 
     def _sliding_window(self, x: torch.Tensor, tile: int) -> torch.Tensor:
         """Blend softmax probabilities of overlapping ``tile`` x ``tile`` windows over ``x`` (1, C, H, W)."""
@@ -133,7 +138,7 @@ class DenseSegmentor(nn.Module):
         weights = torch.zeros((height, width), device=x.device)
         for top in tile_starts(height, tile, stride):
             for left in tile_starts(width, tile, stride):
-                probs = F.softmax(self.network(x[..., top:top + tile, left:left + tile]), dim=1)[0]
+                probs = self.network_probabilities(x[..., top:top + tile, left:left + tile])[0]
                 if total is None:
                     total = torch.zeros((probs.shape[0], height, width), device=x.device)
                 total[:, top:top + tile, left:left + tile] += probs * weight2d
