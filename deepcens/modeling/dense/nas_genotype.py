@@ -167,32 +167,32 @@ def load_genotype(path: str, num_down: int | None = None) -> Genotype:
 
 def _draw_block(ax, kind: str, index: int, gene: BlockGene) -> None:
     inputs = ("prev", "pre-prev") if kind == "down" else ("prev up", "skip")
-    positions = {0: (0.0, 2.2), 1: (0.0, 0.2)}
-    for k in range(NODES):
-        positions[2 + k] = (1.4 + 1.3 * k, 1.2 + (0.75 if k % 2 == 0 else -0.75))
-    out_position = (5.6, 1.2)
+    positions = {0: (0.0, 3.0), 1: (0.0, 0.0), 2: (2.0, 2.3), 3: (3.4, 0.6), 4: (4.8, 2.5)}
+    out_position = (6.4, 1.4)
     color = "#cfe2f3" if kind == "down" else "#f4cccc"
     for source, (x, y) in positions.items():
         label = inputs[source] if source < 2 else f"node {source - 2}"
-        ax.text(x, y, label, ha="center", va="center", fontsize=7,
+        ax.text(x, y, label, ha="center", va="center", fontsize=7, zorder=3,
                 bbox={"boxstyle": "round", "fc": "#eeeeee" if source < 2 else color, "ec": "#555555"})
-    ax.text(*out_position, "concat", ha="center", va="center", fontsize=7,
+    ax.text(*out_position, "concat", ha="center", va="center", fontsize=7, zorder=3,
             bbox={"boxstyle": "round", "fc": "#fff2cc", "ec": "#555555"})
     for k, node in enumerate(gene.nodes):
         tx, ty = positions[2 + k]
         for source, op in node.edges:
             sx, sy = positions[source]
-            ax.annotate("", xy=(tx - 0.25, ty), xytext=(sx + 0.3, sy),
-                        arrowprops={"arrowstyle": "->", "color": "#3c78d8" if source < 2 else "#666666", "lw": 1})
-            ax.text((sx + tx) / 2, (sy + ty) / 2 + 0.12, op, ha="center", va="bottom", fontsize=6, color="#1a1a1a")
-        label = f"D:{node.down}" if kind == "down" else ""
-        ax.annotate("", xy=(out_position[0] - 0.35, out_position[1]), xytext=(tx + 0.3, ty),
-                    arrowprops={"arrowstyle": "->", "color": "#cc0000" if kind == "down" else "#999999", "lw": 1})
-        if label:
-            ax.text((tx + out_position[0]) / 2 + 0.1, (ty + out_position[1]) / 2 - 0.22, label, ha="center",
-                    va="top", fontsize=6, color="#cc0000")
-    ax.set_xlim(-0.6, 6.2)
-    ax.set_ylim(-0.4, 2.8)
+            ax.annotate("", xy=(tx, ty), xytext=(sx, sy), zorder=1,
+                        arrowprops={"arrowstyle": "->", "color": "#3c78d8" if source < 2 else "#666666", "lw": 1,
+                                    "shrinkA": 14, "shrinkB": 14})
+            fraction = 0.55 if source < 2 else 0.5
+            ax.text(sx + fraction * (tx - sx), sy + fraction * (ty - sy), op, ha="center", va="center", fontsize=6,
+                    zorder=2, bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.85})
+        ax.annotate("", xy=out_position, xytext=(tx, ty), zorder=1,
+                    arrowprops={"arrowstyle": "->", "color": "#cc0000" if kind == "down" else "#999999", "lw": 1,
+                                "shrinkA": 14, "shrinkB": 16})
+        if kind == "down":
+            ax.text(tx, ty - 0.42, f"D: {node.down}", ha="center", va="top", fontsize=6, color="#cc0000", zorder=2)
+    ax.set_xlim(-0.7, 7.0)
+    ax.set_ylim(-0.6, 3.5)
     ax.set_title(f"{'down' if kind == 'down' else 'up'} block {index + 1}", fontsize=9)
     ax.axis("off")
 
@@ -207,7 +207,7 @@ def save_genotype_picture(path: str, genotype: Genotype, title: str = "") -> Non
     from matplotlib import pyplot as plt
 
     columns = max(len(genotype.down), len(genotype.up))
-    figure, axes = plt.subplots(2, columns, figsize=(3.6 * columns, 5.6), squeeze=False)
+    figure, axes = plt.subplots(2, columns, figsize=(4.2 * columns, 6.4), squeeze=False)
     for row, (kind, blocks) in enumerate((("down", genotype.down), ("up", genotype.up))):
         for column in range(columns):
             if column < len(blocks):
