@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 
+import deepcens  # noqa: F401  (first: keeps third-party import notes off the console, registers builders)
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -36,7 +37,7 @@ def setup(args):
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="fvcore")
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="deepcens")
-    if cfg.CONSOLE == "progress":
+    if cfg.RUN.CONSOLE == "progress":
         quiet_console()
     default_setup(cfg, args)
     prepare_datasets(cfg)
@@ -47,12 +48,12 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DeepcensCheckpointer(model, cfg.OUTPUT_DIR, allow_unsafe=cfg.ALLOW_UNSAFE_CHECKPOINTS).resume_or_load(
+        DeepcensCheckpointer(model, cfg.OUTPUT_DIR, allow_unsafe=cfg.RUN.ALLOW_UNSAFE_CHECKPOINTS).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
     else:
         trainer = Trainer(cfg)
-        if cfg.CONSOLE == "progress":
+        if cfg.RUN.CONSOLE == "progress":
             trainer.register_hooks([ProgressBarHook(cfg.SOLVER.MAX_ITER)])
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()

@@ -1,4 +1,4 @@
-"""Architecture search loop of NAS U-Net (Zhu & Meijering 2021, Sec. 2.2-2.3), ``SOLVER.TRAIN_SCHEME nas_search``.
+"""Architecture search loop of NAS U-Net (Zhu & Meijering 2021, Sec. 2.2-2.3), ``SOLVER.TRAIN_SCHEME NasSearch``.
 
 The training frames (``DATASETS.TRAIN``) are split by frame into a weight split and an
 architecture split (``MODEL.NAS.SEARCH.VAL_FRACTION`` = 0.4: the paper's 60/40). Every
@@ -16,6 +16,8 @@ pass over the weight split) the derived architecture is written to ``OUTPUT_DIR/
 and ``genotype.png``; the search stops (remaining iterations skipped) when it has not changed
 for ``PATIENCE_EPOCHS`` epochs, or at ``SOLVER.MAX_ITER``. Every ``LOG_PERIOD`` iterations the
 softmax of every BO / CU parameter vector goes into ``metrics.json`` as ``arch/...`` scalars.
+Both steps run through :class:`~deepcens.engine.loops.TrainLoop`'s ``forward_losses`` /
+``backward`` / ``optimizer_step``, so ``SOLVER.AMP`` applies to them.
 """
 from __future__ import annotations
 
@@ -29,11 +31,10 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from deepcens.engine.loops import LoaderBuilder, register_loop
+from deepcens.engine.loops import TRAIN_LOOP_REGISTRY, LoaderBuilder, TrainLoop, amp_precision
 from deepcens.utils.atomic import atomic_save_json
 
 logger = logging.getLogger(__name__)
@@ -88,12 +89,14 @@ def _average_gradients(parameters: list[torch.nn.Parameter]) -> None:
         offset += p.numel()
 
 
-class ArchitectureSearchTrainer(SimpleTrainer):
+@TRAIN_LOOP_REGISTRY.register()
+class NasSearch(TrainLoop):
     """Alternating architecture / weight steps on a supernet (see the module docstring)."""
 
     def __init__(self, model, weight_loader, arch_loader, optimizer, arch_optimizer, *, iters_per_epoch: int,
-                 max_iter: int, patience_epochs: int, warmup_epochs: int, log_period: int, seed: int, output_dir: str):
-        super().__init__(model, weight_loader, optimizer)
+                 max_iter: int, patience_epochs: int, warmup_epochs: int, log_period: int, seed: int, output_dir: str,
+                 precision: torch.dtype | None = None):
+        super().__init__(model, weight_loader, optimizer, precision)
         self.arch_loader = arch_loader
         self._arch_iter = None
         self.arch_optimizer = arch_optimizer
@@ -129,24 +132,28 @@ class ArchitectureSearchTrainer(SimpleTrainer):
     def _step(self, data, phase: str, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         self.network.begin_step(phase, self.seed * 1_000_003 + 2 * self.iter + (phase == "arch"))
         self._set_trainable(phase == "arch")
-        loss_dict = self.module(data)
+        loss_dict, losses = self.forward_losses(data, self.module)
         optimizer.zero_grad(set_to_none=True)
-        sum(loss_dict.values()).backward()
+        self.backward(losses)
         trained = self.network.arch_parameters() if phase == "arch" else [
             p for p in self.module.parameters() if p.requires_grad]
         _average_gradients(trained)
-        optimizer.step()
+        self.optimizer_step(optimizer)
         return loss_dict
 
+    def start_iterators(self) -> None:
+        super().start_iterators()
+        if self._arch_iter is None:
+            self._arch_iter = iter(self.arch_loader)
+
     def run_step(self) -> None:
-        assert self.module.training, "[ArchitectureSearchTrainer] model was changed to eval mode!"
+        assert self.module.training, "[NasSearch] model was changed to eval mode!"
         if self.stopped_at is not None:
             return
         epoch = self.iter // self.iters_per_epoch
         arch_losses = {}
         if epoch >= self.warmup_epochs:
-            if self._arch_iter is None:
-                self._arch_iter = iter(self.arch_loader)
+            self.start_iterators()
             arch_losses = self._step(next(self._arch_iter), "arch", self.arch_optimizer)
         start = time.perf_counter()
         data = next(self._data_loader_iter)
@@ -201,6 +208,11 @@ class ArchitectureSearchTrainer(SimpleTrainer):
             self.stable_epochs, self.last_genotype = search["stable_epochs"], search["last_genotype"]
             self.stopped_at = search["stopped_at"]
 
+    @classmethod
+    def from_config(cls, cfg: CfgNode, model, optimizer, build_loader: LoaderBuilder) -> "NasSearch":
+        """The search over the weight / architecture splits of ``DATASETS.TRAIN`` (see the module docstring)."""
+        return build_nas_search(cfg, model, optimizer, build_loader)
+
 
 def architecture_scalars(network) -> dict[str, float]:
     """``arch/<block>/node<k>/<source>/<BO>`` and ``arch/<block>/node<k>/path/<source>`` probabilities."""
@@ -224,14 +236,14 @@ def architecture_scalars(network) -> dict[str, float]:
     return scalars
 
 
-@register_loop("nas_search")
-def build_nas_search_loop(cfg: CfgNode, model, optimizer, build_loader: LoaderBuilder) -> ArchitectureSearchTrainer:
-    """The NAS U-Net search loop over the splits of ``DATASETS.TRAIN`` (see the module docstring)."""
+
+def build_nas_search(cfg: CfgNode, model, optimizer, build_loader: LoaderBuilder) -> NasSearch:
+    """A :class:`NasSearch` for ``cfg`` (splits registered, loaders and the architecture optimizer built)."""
     s = cfg.MODEL.NAS.SEARCH
     module = model.module if hasattr(model, "module") else model
     network = getattr(module, "network", None)
     if network is None or not getattr(network, "is_supernet", False):
-        raise ValueError("SOLVER.TRAIN_SCHEME nas_search needs a NAS supernet: MODEL.DENSE.NETWORK NasUNet "
+        raise ValueError("SOLVER.TRAIN_SCHEME NasSearch needs a NAS supernet: MODEL.DENSE.NETWORK NasUNet "
                          "with MODEL.NAS.GENOTYPE empty")
     names = list(cfg.DATASETS.TRAIN)
     weight_name, arch_name = register_search_splits(names, float(s.VAL_FRACTION), int(s.SPLIT_SEED))
@@ -245,8 +257,8 @@ def build_nas_search_loop(cfg: CfgNode, model, optimizer, build_loader: LoaderBu
         atomic_save_json(os.path.join(cfg.OUTPUT_DIR, "nas_split.json"), {
             "weights": sorted({d["file_name"] for d in DatasetCatalog.get(weight_name)}),
             "architecture": sorted({d["file_name"] for d in DatasetCatalog.get(arch_name)})})
-    return ArchitectureSearchTrainer(
+    return NasSearch(
         model, build_loader(cfg, [weight_name]), build_loader(cfg, [arch_name]), optimizer, arch_optimizer,
         iters_per_epoch=iters_per_epoch, max_iter=cfg.SOLVER.MAX_ITER, patience_epochs=s.PATIENCE_EPOCHS,
         warmup_epochs=s.WARMUP_EPOCHS, log_period=s.LOG_PERIOD, seed=cfg.SEED if cfg.SEED >= 0 else 0,
-        output_dir=cfg.OUTPUT_DIR)
+        output_dir=cfg.OUTPUT_DIR, precision=amp_precision(cfg))

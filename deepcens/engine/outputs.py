@@ -61,8 +61,8 @@ def finish_run(cfg: CfgNode, model: torch.nn.Module, results: Mapping) -> str:
     # with one test set DefaultTrainer.test returns its metrics unnested: name the row
     single_name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) == 1 else None
     write_reports(results, cfg.OUTPUT_DIR, dataset_name=single_name)
-    if cfg.OUTPUT_OVERLAYS > 0 and len(cfg.DATASETS.TEST):
+    if cfg.RUN.OUTPUT_OVERLAYS > 0 and len(cfg.DATASETS.TEST):
         model = model.module if hasattr(model, "module") else model
-        paths = write_overlays(cfg, model, cfg.DATASETS.TEST[0], cfg.OUTPUT_DIR, cfg.OUTPUT_OVERLAYS)
+        paths = write_overlays(cfg, model, cfg.DATASETS.TEST[0], cfg.OUTPUT_DIR, cfg.RUN.OUTPUT_OVERLAYS)
         logger.info(f"Wrote {len(paths)} overlay PNGs under {os.path.join(cfg.OUTPUT_DIR, 'overlays')}")
     return format_summary_table(results, dataset_name=single_name)
