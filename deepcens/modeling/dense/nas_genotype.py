@@ -78,10 +78,10 @@ class Genotype:
                             continue
                         bo_set = edge_kind(kind, source)
                         if op not in BO_SETS[bo_set]:
-                            found.append(f"{where}.edges[{e}]: {op!r} is not a {BO_SET_NAMES[bo_set]} ({bo_set}) "
-                                         f"operation ({', '.join(BO_SETS[bo_set])})")
+                            found.append(f"{where}.edges[{e}]: {op!r} is not in the {BO_SET_NAMES[bo_set]} ({bo_set}) BO set "
+                                         f"({', '.join(BO_SETS[bo_set])})")
                     if kind == "down" and node.down not in BO_SETS["D"]:
-                        found.append(f"{where}.down: {node.down!r} is not a down (D) operation ({', '.join(BO_SETS['D'])})")
+                        found.append(f"{where}.down: {node.down!r} is not in the down (D) BO set ({', '.join(BO_SETS['D'])})")
                     if kind == "up" and node.down is not None:
                         found.append(f"{where}.down: up blocks have no D CU")
         return found
