@@ -218,3 +218,41 @@ def test_cpu_configs_run_in_two_processes(shared_data, tmp_path, config, extra):
         assert (out / "genotype.png").is_file()
         records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line.strip()]
         assert any(key.startswith("arch/D1/") for record in records for key in record)
+
+
+class _SupernetProbe(torch.nn.Module):
+    """A model around a small supernet whose loss is the mean of both heads; records autocast states."""
+
+    def __init__(self):
+        super().__init__()
+        self.network = _random_supernet(3)
+        self.autocast: list[bool] = []
+
+    def forward(self, batch):
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
+        segmentation, markers = self.network(batch)
+        return {"loss_seg": segmentation.float().pow(2).mean(), "loss_marker": markers.float().pow(2).mean()}
+
+
+@pytest.mark.parametrize("precision", [None, torch.bfloat16])
+def test_search_loop_alternates_steps_and_honours_amp(tmp_path, precision):
+    from deepcens.engine.nas_search import NasSearch
+
+    def batches():
+        while True:
+            yield torch.rand(2, 2, 32, 32)
+
+    model = _SupernetProbe()
+    model.train()
+    arch_before = [p.detach().clone() for p in model.network.arch_parameters()]
+    kernels_before = [p.detach().clone() for p in model.network.weight_parameters()]
+    arch_optimizer = torch.optim.Adam(model.network.arch_parameters(), lr=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    loop = NasSearch(model, batches(), batches(), optimizer, arch_optimizer, iters_per_epoch=1, max_iter=2,
+                     patience_epochs=0, warmup_epochs=0, log_period=1, seed=0, output_dir=str(tmp_path),
+                     precision=precision)
+    loop.train(0, 2)
+    assert model.autocast == [precision is not None] * 4  # an architecture and a weight step per iteration
+    assert any(not torch.equal(a, p) for a, p in zip(arch_before, model.network.arch_parameters()))
+    assert any(not torch.equal(k, p) for k, p in zip(kernels_before, model.network.weight_parameters()))
+    assert load_genotype(str(tmp_path / "genotype.json"), 3) == model.network.derive()
