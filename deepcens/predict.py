@@ -349,7 +349,7 @@ class Predictor:
         if weights:
             if "://" not in weights and not os.path.isfile(weights):
                 raise DeepcensInputError(weights, "MODEL.WEIGHTS file not found")
-            DeepcensCheckpointer(self.model, allow_unsafe=cfg.ALLOW_UNSAFE_CHECKPOINTS).load(weights)
+            DeepcensCheckpointer(self.model, allow_unsafe=cfg.RUN.ALLOW_UNSAFE_CHECKPOINTS).load(weights)
             self.random_weights = False
         else:
             logger.warning("MODEL.WEIGHTS is empty: predicting with randomly initialised weights")
