@@ -112,8 +112,10 @@ def decode_tertiary(
     min_object_size: int = 0,
     max_hole_size: int = 0,
     grow_into_boundary: int = 0,
+    min_score: float = 0.0,
 ) -> Instances:
-    """``Instances`` (class 0, score = mean cell probability) from ``(3, H, W)`` tertiary scores."""
+    """``Instances`` (class 0, score = mean cell probability) from ``(3, H, W)`` tertiary scores;
+    objects whose score is below ``min_score`` are dropped (faint background structures)."""
     if isinstance(probabilities, torch.Tensor):
         probabilities = probabilities.detach().float().cpu().numpy()
     labels = tertiary_labels(probabilities, min_object_size, max_hole_size, grow_into_boundary)
@@ -121,8 +123,13 @@ def decode_tertiary(
         raise ValueError("decode_tertiary takes one 2D image; use tertiary_labels for volumes")
     ids = np.unique(labels)
     ids = ids[ids > 0]
-    scores = ndimage.mean(probabilities[CELL], labels, ids) if len(ids) else np.zeros(0)
-    return label_image_to_instances(labels, scores=np.asarray(scores, dtype=np.float32))
+    scores = np.asarray(ndimage.mean(probabilities[CELL], labels, ids) if len(ids) else np.zeros(0), np.float32)
+    if min_score > 0 and len(ids) and (scores < min_score).any():
+        keep = scores >= min_score
+        lookup = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+        lookup[ids[keep]] = ids[keep]
+        labels, scores = lookup[labels], scores[keep]
+    return label_image_to_instances(labels, scores=scores)
 
 
 def _dataset_keys(dataset_name: str | None) -> list[str]:
@@ -144,6 +151,7 @@ def tertiary(cfg: CfgNode) -> Callable[[torch.Tensor, str | None], Instances]:
     default = (int(cfg.MODEL.DENSE.MIN_OBJECT_SIZE), int(cfg.MODEL.DENSE.MAX_HOLE_SIZE))
     overrides = parse_postprocess_overrides(cfg.MODEL.DENSE.POSTPROCESS_PER_DATASET)
     grow = int(cfg.MODEL.DENSE.GROW_INTO_BOUNDARY)
+    min_score = float(cfg.MODEL.DENSE.MIN_SCORE)
 
     def decode(probabilities: torch.Tensor, dataset_name: str | None = None) -> Instances:
         min_size, max_hole = default
@@ -151,7 +159,7 @@ def tertiary(cfg: CfgNode) -> Callable[[torch.Tensor, str | None], Instances]:
             if key in overrides:
                 min_size, max_hole = overrides[key]
                 break
-        return decode_tertiary(probabilities, min_size, max_hole, grow)
+        return decode_tertiary(probabilities, min_size, max_hole, grow, min_score)
 
     return decode
 
