@@ -19,6 +19,8 @@ def add_deepcens_config(cfg: CN) -> None:
     _add_evaluation_config(cfg)
     _add_reliability_config(cfg)
     _add_output_config(cfg)
+    _add_user_data_config(cfg)
+    _add_plugin_config(cfg)
 
 
 def _add_input_config(cfg: CN) -> None:
@@ -129,7 +131,8 @@ def _add_dense_config(cfg: CN) -> None:
     # dense mapper (DenseTargetMapper)
     cfg.INPUT.DENSE = CN()
     cfg.INPUT.DENSE.CROP_SIZE = 256  # random square training crop side; -1 = the image's short side (paper CTC setting); 0 = whole image
-    cfg.INPUT.DENSE.DATASET_CROP_SIZES = []  # per-dataset crop sides, "name:size" strings (name = ctc_dataset of the dicts)
+    cfg.INPUT.DENSE.DATASET_CROP_NAMES = []  # datasets with their own crop side (ctc_dataset of the dicts), parallel to DATASET_CROP_SIZES
+    cfg.INPUT.DENSE.DATASET_CROP_SIZES = []  # crop side of each DATASET_CROP_NAMES entry (same meaning as CROP_SIZE)
     cfg.INPUT.DENSE.CONTEXT_PAD = 8  # reflection padding around training crops, loss ignored there (paper: 8; 16 for 6 stages)
     cfg.INPUT.DENSE.FLIP = True  # random horizontal / vertical flips in training
     cfg.INPUT.DENSE.ROTATE_90 = True  # random 90-degree rotations in training
@@ -153,7 +156,9 @@ def _add_solver_config(cfg: CN) -> None:
     # ---- solver / schedule -------------------------------------------------------------------
     cfg.SOLVER.OPTIMIZER = "SGD"  # SGD | AdamW
     cfg.SOLVER.AMSGRAD = False  # AdamW's AMSGrad variant (torch default False)
-    cfg.SOLVER.TRAIN_SCHEME = "single"  # training loop in TRAIN_LOOP_REGISTRY (single | Mix | Seq | Fix | Shu | Cho | Acc)
+    cfg.SOLVER.TRAIN_SCHEME = "Single"  # training loop in TRAIN_LOOP_REGISTRY (Single | Mix | Seq | Fix | Shu | Cho | Acc)
+    if "PRECISION" not in cfg.SOLVER.AMP:
+        cfg.SOLVER.AMP.PRECISION = "float16"  # autocast dtype with SOLVER.AMP.ENABLED: float16 (CUDA) | bfloat16 (CUDA or CPU)
     cfg.SOLVER.BEST_CHECKPOINT_METRIC = ""  # e.g. "segm/AP": keep model_best.pth by this validation metric; "" = off
     cfg.SOLVER.BEST_CHECKPOINT_MODE = "max"  # max | min for BEST_CHECKPOINT_METRIC
     cfg.SOLVER.BEST_CHECKPOINT_CRITERION = "metric"  # metric | loss (lowest validation loss) | metric_then_loss (metric, ties within TOLERANCE broken by lower validation loss)
@@ -177,11 +182,25 @@ def _add_evaluation_config(cfg: CN) -> None:
 def _add_reliability_config(cfg: CN) -> None:
     # ---- reliability -------------------------------------------------------------------------
     cfg.SOLVER.STOP_ON_NONFINITE_LOSS = True  # stop with a clear message on NaN/inf loss
-    cfg.ALLOW_UNSAFE_CHECKPOINTS = False  # allow checkpoints that need arbitrary unpickling (torch.load weights_only=False)
-    cfg.DIST_TIMEOUT_SECONDS = 300  # a rank waiting longer than this on a dead peer exits with an error
+    cfg.RUN = CN()
+    cfg.RUN.ALLOW_UNSAFE_CHECKPOINTS = False  # allow checkpoints that need arbitrary unpickling (torch.load weights_only=False)
+    cfg.RUN.DIST_TIMEOUT_SECONDS = 300  # a rank waiting longer than this on a dead peer exits with an error
 
 
 def _add_output_config(cfg: CN) -> None:
     # ---- outputs -----------------------------------------------------------------------------
-    cfg.OUTPUT_OVERLAYS = 4  # prediction overlay PNGs written after evaluation in train_net
-    cfg.CONSOLE = "full"  # full: detectron2's console log | progress: progress bar and final table (full log in OUTPUT_DIR/log.txt)
+    cfg.RUN.OUTPUT_OVERLAYS = 4  # prediction overlay PNGs written after evaluation in train_net
+    cfg.RUN.CONSOLE = "full"  # full: detectron2's console log | progress: progress bar and final table (full log in OUTPUT_DIR/log.txt)
+
+
+def _add_user_data_config(cfg: CN) -> None:
+    # ---- the user's own data sets (deepcens/data/user_datasets.py) -----------------------------
+    cfg.DATASETS.FOLDERS = []  # label-image folders to register: list of [name, images_dir, labels_dir]
+    cfg.DATASETS.COCO = []  # COCO instances files to register: list of [name, json_file, image_root]
+
+
+def _add_plugin_config(cfg: CN) -> None:
+    # ---- out-of-tree plugins named in $DEEPCENS_PLUGINS declare their own keys (deepcens/plugins.py)
+    from deepcens.plugins import add_plugin_configs
+
+    add_plugin_configs(cfg)

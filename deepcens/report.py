@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import argparse
 import html
-import io
 import logging
 import math
 import os
 from typing import Sequence
-
-import numpy as np
 
 from deepcens.data.io import read_json
 from deepcens.errors import DeepcensInputError
@@ -49,32 +46,22 @@ def best_and_worst(images: Sequence[dict], count: int) -> tuple[list[dict], list
 
 
 def _ground_truth_instances(record: dict, class_count: int):
-    """GT of a dataset dict (polygon/RLE annotations or a label image) as ``Instances``."""
+    """GT of a dataset dict (polygon/RLE annotations or a label image) as ``Instances`` with
+    cropped masks (annotations without a segmentation are left out)."""
     import torch
-    from detectron2.structures import Boxes, Instances, polygons_to_bitmask
-    from pycocotools import mask as mask_util
+    from detectron2.structures import Boxes, Instances
 
     from deepcens.data.io import read_label
-    from deepcens.postprocess.instances import label_image_to_instances
+    from deepcens.postprocess.instances import label_image_to_instances, segmentations_to_masks
 
     height, width = int(record["height"]), int(record["width"])
     if "annotations" in record:
-        masks, classes = [], []
-        for ann in record["annotations"]:
-            segm = ann.get("segmentation")
-            if isinstance(segm, list):
-                masks.append(polygons_to_bitmask(segm, height, width))
-            elif isinstance(segm, dict):
-                rle = segm if not isinstance(segm.get("counts"), list) else mask_util.frPyObjects(segm, height, width)
-                masks.append(mask_util.decode(rle).astype(bool))
-            else:
-                continue
-            classes.append(int(ann.get("category_id", 0)))
+        chosen = [a for a in record["annotations"] if isinstance(a.get("segmentation"), (list, dict))]
+        masks = segmentations_to_masks([a["segmentation"] for a in chosen], height, width, record.get("file_name"))
         result = Instances((height, width))
-        stacked = np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)
-        result.pred_masks = torch.from_numpy(stacked)
-        result.pred_boxes = Boxes(torch.zeros((len(masks), 4)))
-        result.pred_classes = torch.tensor(classes, dtype=torch.int64)
+        result.pred_masks = masks
+        result.pred_boxes = Boxes(torch.from_numpy(masks.tight_boxes()))
+        result.pred_classes = torch.tensor([int(a.get("category_id", 0)) for a in chosen], dtype=torch.int64)
         return result
     if record.get("label_file_name"):
         return label_image_to_instances(read_label(record["label_file_name"], (height, width)))
@@ -82,30 +69,15 @@ def _ground_truth_instances(record: dict, class_count: int):
 
 
 def _prediction_instances(entries: Sequence[dict], height: int, width: int, dataset_to_contiguous: dict | None):
-    """COCO result entries of one image -> ``Instances`` (masks from RLE, dataset ids -> contiguous)."""
-    import torch
-    from detectron2.structures import Boxes, BoxMode, Instances
-    from pycocotools import mask as mask_util
+    """COCO result entries of one image -> ``Instances`` (entries without an RLE mask are not drawn)."""
+    from deepcens.postprocess.instances import coco_results_to_instances
 
-    masks, boxes, scores, classes = [], [], [], []
-    for entry in entries:
-        segm = entry.get("segmentation")
-        if not isinstance(segm, dict):
-            continue
-        rle = dict(segm)
-        if isinstance(rle.get("counts"), str):
-            rle["counts"] = rle["counts"].encode("ascii")
-        masks.append(mask_util.decode(rle).astype(bool))
-        boxes.append(BoxMode.convert(list(entry.get("bbox", [0, 0, 0, 0])), BoxMode.XYWH_ABS, BoxMode.XYXY_ABS))
-        scores.append(float(entry.get("score", 1.0)))
-        category = int(entry.get("category_id", 0))
-        classes.append(dataset_to_contiguous.get(category, category) if dataset_to_contiguous else category)
-    result = Instances((height, width))
-    result.pred_masks = torch.from_numpy(np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool))
-    result.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    result.scores = torch.tensor(scores, dtype=torch.float32)
-    result.pred_classes = torch.tensor(classes, dtype=torch.int64)
-    return result
+    chosen = [e for e in entries if isinstance(e.get("segmentation"), dict)]
+    mapping = dict(dataset_to_contiguous) if dataset_to_contiguous else None
+    if mapping is not None:  # ids outside the mapping are drawn under their own number
+        mapping.update({int(e.get("category_id", 0)): int(e.get("category_id", 0)) for e in chosen
+                        if int(e.get("category_id", 0)) not in mapping})
+    return coco_results_to_instances(chosen, height, width, mapping)
 
 
 def _dataset_folders(eval_dir: str) -> list[tuple[str, str]]:

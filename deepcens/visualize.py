@@ -12,11 +12,11 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-import torch
 from detectron2.structures import Boxes, Instances
 
 from deepcens.data.io import encode_png
-from deepcens.postprocess.instances import instance_masks
+from deepcens.postprocess.instances import compact_masks
+from deepcens.structures.masks import CroppedMasks
 from deepcens.utils.atomic import atomic_save_bytes
 
 # Colour-blind-friendly class colours (Okabe-Ito), RGB: class 0 orange, class 1 sky blue, ...
@@ -80,22 +80,22 @@ def draw_instances(
     canvas = np.ascontiguousarray(image.copy())
     count = len(instances)
     if count:
-        masks = instance_masks(instances, mask_threshold)
+        masks = compact_masks(instances, mask_threshold)
         classes = (instances.pred_classes.cpu().numpy() if instances.has("pred_classes")
                    else np.zeros(count, dtype=np.int64))
         scores = instances.scores.cpu().numpy() if instances.has("scores") and show_scores else None
         font_scale = max(0.3, min(image.shape[:2]) / 1200.0)
         text_items = []
-        for index in range(count):
-            mask = masks[index].astype(np.uint8)
-            if not mask.any():
+        for index, ((x0, y0, _, _), crop) in enumerate(masks.items()):
+            if not crop.any():
                 continue
             color = class_color(classes[index])
-            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            contours, _ = cv2.findContours(crop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE,
+                                           offset=(int(x0), int(y0)))
             cv2.drawContours(canvas, contours, -1, color, thickness, lineType=cv2.LINE_8)
             if scores is not None:
-                ys, xs = np.nonzero(mask)
-                text_items.append((f"{scores[index]:.2f}", (int(xs.min()), max(int(ys.min()) - 2, 8)), color))
+                top, left = np.flatnonzero(crop.any(1))[0], np.flatnonzero(crop.any(0))[0]
+                text_items.append((f"{scores[index]:.2f}", (int(x0 + left), max(int(y0 + top) - 2, 8)), color))
         for text, origin, color in text_items:  # text after contours so no contour hides it
             cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font_scale, color, 1, cv2.LINE_AA)
         if class_names:
@@ -113,9 +113,10 @@ def upscale_for_display(image_rgb_uint8: np.ndarray, instances: Instances,
     if factor <= 1:
         return image_rgb_uint8, instances
     image = np.repeat(np.repeat(image_rgb_uint8, factor, axis=0), factor, axis=1)
-    masks = torch.as_tensor(instance_masks(instances, 0.5))
+    masks = compact_masks(instances, 0.5)
     scaled = Instances(image.shape[:2])
-    scaled.pred_masks = masks.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
+    scaled.pred_masks = CroppedMasks([np.repeat(np.repeat(crop, factor, axis=0), factor, axis=1) for crop in masks.crops],
+                                     masks.boxes * factor, image.shape[:2])
     for field in ("scores", "pred_classes"):
         if instances.has(field):
             scaled.set(field, instances.get(field))

@@ -12,6 +12,9 @@ SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# the product's CTC root defaults to datasets/ctc; the tests read the shared real data instead
+# (set before deepcens is imported: the default CTC names are registered at import)
+os.environ.setdefault("DEEPCENS_CTC_ROOT", str(SHARED_DATA / "ctc"))
 
 
 @pytest.fixture(scope="session")

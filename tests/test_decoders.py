@@ -47,9 +47,9 @@ def test_components_sizes_holes_and_scores():
     assert isinstance(raw, Instances) and len(raw) == 3 and raw.image_size == (30, 40)
     cleaned = decode_tertiary(probabilities, min_object_size=5, max_hole_size=4)
     assert len(cleaned) == 2
-    areas = sorted(cleaned.pred_masks.sum((1, 2)).tolist())
+    areas = sorted(cleaned.pred_masks.areas().tolist())
     assert areas == [120, 120]  # the speck is gone, the 4-pixel hole filled
-    assert not decode_tertiary(probabilities, 5, 3).pred_masks[0, 8, 8]  # 3 < hole area: not filled
+    assert not decode_tertiary(probabilities, 5, 3).pred_masks.dense()[0, 8, 8]  # 3 < hole area: not filled
     assert cleaned.pred_masks.dtype == torch.bool and cleaned.pred_classes.tolist() == [0, 0]
     assert sorted(cleaned.scores.tolist()) == pytest.approx([(116 * 0.8 + 4 * 0.1) / 120, 0.9])  # filled hole counts
     assert cleaned.pred_boxes.tensor[0].tolist() == [4.0, 4.0, 16.0, 14.0]

@@ -11,7 +11,7 @@ from detectron2.structures import Instances
 from torch import nn
 
 from deepcens.config import add_deepcens_config
-from deepcens.data.dense_mapper import DenseTargetMapper, parse_dataset_crop_sizes
+from deepcens.data.dense_mapper import DenseTargetMapper, dataset_crop_sizes
 from deepcens.errors import DeepcensInputError
 from deepcens.postprocess.tiling import blend_window, tile_starts
 
@@ -89,10 +89,15 @@ def test_mapper_rasterises_polygon_annotations_and_rejects_unlabelled(tiny_recor
 
 
 def test_crop_size_per_dataset_and_short_side():
-    assert parse_dataset_crop_sizes(["Fluo-N2DH-SIM+:64", "a:b:16"]) == {"Fluo-N2DH-SIM+": 64, "a:b": 16}
+    assert dataset_crop_sizes(["Fluo-N2DH-SIM+", "a:b"], [64, 16]) == {"Fluo-N2DH-SIM+": 64, "a:b": 16}
+    with pytest.raises(ValueError, match="same length"):
+        dataset_crop_sizes(["a", "b"], [64])
+    with pytest.raises(ValueError, match="integer >= -1"):
+        dataset_crop_sizes(["a"], ["64"])
     cfg = tiny_cfg()
     cfg.INPUT.DENSE.CROP_SIZE = -1
-    cfg.INPUT.DENSE.DATASET_CROP_SIZES = ["X:8"]
+    cfg.INPUT.DENSE.DATASET_CROP_NAMES = ["X"]
+    cfg.INPUT.DENSE.DATASET_CROP_SIZES = [8]
     mapper = DenseTargetMapper(cfg, is_train=True)
     assert mapper.crop_size_for({}, 30, 37) == 30
     assert mapper.crop_size_for({"ctc_dataset": "X"}, 30, 37) == 8

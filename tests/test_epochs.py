@@ -22,7 +22,7 @@ def _register(name: str, count: int) -> None:
     DatasetCatalog.register(name, lambda: [{"image_id": i} for i in range(count)])
 
 
-def _cfg(train, scheme="single", batch=8, epochs=100, restarts=(), eval_epochs=10):
+def _cfg(train, scheme="Single", batch=8, epochs=100, restarts=(), eval_epochs=10):
     cfg = get_cfg()
     add_deepcens_config(cfg)
     cfg.DATASETS.TRAIN = tuple(train)

@@ -11,7 +11,7 @@ from detectron2.utils.events import EventStorage
 
 import deepcens  # noqa: F401  (registrations)
 from deepcens.engine.setup import load_config
-from deepcens.modeling.anchors import FlatSizesAnchorGenerator
+from deepcens.modeling.anchors import FlatSizesAnchorGenerator, anchor_level_sizes
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CELL_SIZES = [2, 6, 17, 31, 64, 127, 256, 512, 1024]  # paper VI-A, VI-C
@@ -37,7 +37,7 @@ def test_yaml_values_are_the_papers(name):
     sizes, classes, setting = SETTINGS[name]
     cfg = load_config(str(CONFIGS / name))
     m = cfg.MODEL
-    assert m.META_ARCHITECTURE == "GeneralizedRCNN" and m.MASK_ON
+    assert m.META_ARCHITECTURE == "CompactMaskRCNN" and m.MASK_ON
     assert m.BACKBONE.NAME == "build_resnest_fpn_backbone"
     assert m.RESNEST.DEPTH == 200 and m.RESNEST.NORM == "SyncBN"
     assert list(m.RESNEST.DEFORM_ON_PER_STAGE) == [False, True, True, True]  # DCN in res3-res5
@@ -90,7 +90,7 @@ def test_paper_model_builds_with_three_stages_and_paper_anchors(name):
     anchors = model.proposal_generator.anchor_generator
     assert isinstance(anchors, FlatSizesAnchorGenerator)
     assert anchors.num_anchors == [len(sizes) * 5] * 5  # every size x 5 ratios on each of p2..p6
-    assert anchors.level_sizes == [[float(s) for s in sizes]] * 5
+    assert anchor_level_sizes(anchors) == [[float(s) for s in sizes]] * 5
     assert model.proposal_generator.anchor_matcher.thresholds[1:-1] == [0.3, 0.7]
     with EventStorage():  # one training forward on 64x64 images: every loss is finite
         losses = model(_batch(classes))

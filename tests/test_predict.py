@@ -210,7 +210,7 @@ def test_merge_tiled_instances_dedups_and_joins():
     merged = merge_tiled_instances([(_instances((60, 60), list(left), [0.9, 0.7]), 0, 0),
                                     (_instances((60, 60), list(right), [0.8, 0.6]), 0, 40)], (60, 100))
     assert len(merged) == 2
-    masks = merged.pred_masks.numpy()
+    masks = merged.pred_masks.dense()
     small = masks[np.argmax(merged.scores.numpy())]
     assert small.sum() == 100 and small[10:20, 42:52].all()
     long = masks[np.argmin(merged.scores.numpy())]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+import deepcens  # noqa: F401  (first: keeps third-party import notes off the console, registers builders)
 from detectron2.engine import default_argument_parser
 
 from deepcens.engine.train_net import add_deepcens_arguments, run

@@ -1,1 +1,1 @@
-"""Analyses run on datasets and trained models (anchor statistics, decoder grid search)."""
+"""Analyses of data and runs: anchor statistics (``deepcens anchors``), decoder grid search (``deepcens grid-search``)."""

@@ -113,7 +113,7 @@ def predict_probabilities(cfg, dataset_name: str) -> tuple[list[np.ndarray], lis
     if not callable(getattr(model, "output_probabilities", None)):
         raise DeepcensInputError(None, f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE} gives no per-pixel "
                                  "probabilities (output_probabilities): the grid search needs a dense model")
-    load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_unsafe=cfg.ALLOW_UNSAFE_CHECKPOINTS)
+    load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_unsafe=cfg.RUN.ALLOW_UNSAFE_CHECKPOINTS)
     model.eval()
     dicts = DatasetCatalog.get(dataset_name)
     loader = build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, False))

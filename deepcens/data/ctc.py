@@ -592,8 +592,9 @@ def register_ctc_configuration_from_cfg(cfg) -> dict[str, list[str]]:
 
 
 def default_ctc_root() -> str:
-    """``$DEEPCENS_CTC_ROOT``, default ``../shared/data/ctc`` (relative to the working folder)."""
-    return os.environ.get("DEEPCENS_CTC_ROOT", os.path.join("..", "shared", "data", "ctc"))
+    """``$DEEPCENS_CTC_ROOT``, default ``datasets/ctc`` (relative to the working folder; filled by
+    ``tools/prepare_data.py Fluo-N2DH-SIM+ ...``)."""
+    return os.environ.get("DEEPCENS_CTC_ROOT", os.path.join("datasets", "ctc"))
 
 
 def register_ctc_defaults(ctc_root: str | None = None, datasets_root: str | None = None) -> list[str]:

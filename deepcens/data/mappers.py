@@ -124,6 +124,17 @@ class InstanceDatasetMapper(DatasetMapper):
         utils.check_image_size(dataset_dict, image)
         return image
 
+    def _transform_annotations(self, dataset_dict: dict, transforms, image_shape) -> None:
+        """detectron2's, except that records with RLE masks (label folders, RLE COCO files)
+        become bitmask instances even when ``INPUT.MASK_FORMAT`` is ``polygon``."""
+        configured = self.instance_mask_format
+        if configured == "polygon" and any(isinstance(a.get("segmentation"), dict) for a in dataset_dict["annotations"]):
+            self.instance_mask_format = "bitmask"
+        try:
+            super()._transform_annotations(dataset_dict, transforms, image_shape)
+        finally:
+            self.instance_mask_format = configured
+
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)
         image = self.load_image(dataset_dict)

@@ -22,13 +22,13 @@ UNIVERSAL_MINIBATCHES_PER_DATASET = 20  # paper Table 3: one universal epoch = 2
 def iterations_per_epoch(cfg: CfgNode) -> int:
     """Training iterations in one epoch of ``cfg`` (see the module docstring).
 
-    Individual training (one training set, or the ``single`` loop over concatenated sets):
+    Individual training (one training set, or the ``Single`` loop over concatenated sets):
     samples // ``IMS_PER_BATCH``. Universal schemes over N sets: 20 x N minibatches, i.e. 20 x N
     iterations, or 20 steps for ``Acc`` (each of its steps draws one minibatch from every set).
     """
     names = list(cfg.DATASETS.TRAIN)
     scheme = cfg.SOLVER.TRAIN_SCHEME
-    if len(names) > 1 and scheme != "single":
+    if len(names) > 1 and scheme != "Single":
         return UNIVERSAL_MINIBATCHES_PER_DATASET * (1 if scheme == "Acc" else len(names))
     samples = sum(len(DatasetCatalog.get(name)) for name in names)
     per_epoch = samples // int(cfg.SOLVER.IMS_PER_BATCH)

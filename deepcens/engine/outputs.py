@@ -62,7 +62,7 @@ def finish_run(cfg: CfgNode, results: Mapping) -> str:
     # with one test set DefaultTrainer.test returns its metrics unnested: name the row
     single_name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) == 1 else None
     write_reports(results, cfg.OUTPUT_DIR, dataset_name=single_name)
-    if cfg.OUTPUT_OVERLAYS > 0 and len(cfg.DATASETS.TEST):
-        paths = write_overlays(cfg, cfg.DATASETS.TEST[0], cfg.OUTPUT_DIR, cfg.OUTPUT_OVERLAYS)
+    if cfg.RUN.OUTPUT_OVERLAYS > 0 and len(cfg.DATASETS.TEST):
+        paths = write_overlays(cfg, cfg.DATASETS.TEST[0], cfg.OUTPUT_DIR, cfg.RUN.OUTPUT_OVERLAYS)
         logger.info(f"Wrote {len(paths)} overlay PNGs under {os.path.join(cfg.OUTPUT_DIR, 'overlays')}")
     return format_summary_table(results, dataset_name=single_name)

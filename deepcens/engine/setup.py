@@ -76,6 +76,7 @@ def prepare_datasets(cfg: CfgNode) -> None:
     from detectron2.utils import comm
 
     from deepcens.data import ctc, evican
+    from deepcens.data.user_datasets import register_user_datasets_from_cfg
 
     root = cfg.DATASETS.ROOT
     synthetic_root = os.path.join(root, "synthetic")
@@ -91,6 +92,7 @@ def prepare_datasets(cfg: CfgNode) -> None:
         comm.synchronize()
     evican.register_evican_from_cfg(cfg)
     ctc.register_ctc_configuration_from_cfg(cfg)
+    register_user_datasets_from_cfg(cfg)  # DATASETS.FOLDERS / DATASETS.COCO
 
 
 def quiet_console() -> None:

@@ -43,7 +43,7 @@ def setup(args: argparse.Namespace):
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="fvcore")
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="deepcens")
-    if cfg.CONSOLE == "progress":
+    if cfg.RUN.CONSOLE == "progress":
         quiet_console()
     default_setup(cfg, args)
     prepare_datasets(cfg)
@@ -58,16 +58,16 @@ def main(args: argparse.Namespace):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         if args.resume and DeepcensCheckpointer(model, cfg.OUTPUT_DIR).has_checkpoint():
-            DeepcensCheckpointer(model, cfg.OUTPUT_DIR, allow_unsafe=cfg.ALLOW_UNSAFE_CHECKPOINTS).resume_or_load(
+            DeepcensCheckpointer(model, cfg.OUTPUT_DIR, allow_unsafe=cfg.RUN.ALLOW_UNSAFE_CHECKPOINTS).resume_or_load(
                 cfg.MODEL.WEIGHTS, resume=True)
         else:
-            load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_unsafe=cfg.ALLOW_UNSAFE_CHECKPOINTS,
+            load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_unsafe=cfg.RUN.ALLOW_UNSAFE_CHECKPOINTS,
                                    allow_random=args.allow_random_weights,
                                    option=ALLOW_RANDOM_OPTION)
         results = Trainer.test(cfg, model)
     else:
         trainer = Trainer(cfg)
-        if cfg.CONSOLE == "progress":
+        if cfg.RUN.CONSOLE == "progress":
             trainer.register_hooks([ProgressBarHook(cfg.SOLVER.MAX_ITER)])
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()

@@ -8,6 +8,7 @@ pycocotools; AP values come from COCOeval's accumulated precision array at
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import io
@@ -18,38 +19,16 @@ from typing import Sequence
 import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.structures import BoxMode
+from scipy import ndimage
 
 from deepcens.data.io import read_label
 from deepcens.errors import DeepcensInputError
-from deepcens.postprocess.instances import label_image_to_annotations
+from deepcens.postprocess.instances import label_image_to_annotations, segmentation_to_rle
 
 logger = logging.getLogger(__name__)
 
 COCO_BACKENDS = ("faster_coco_eval", "pycocotools")
 AREA_KEYS = {"small": "APs", "medium": "APm", "large": "APl"}
-
-
-def annotation_rle(annotation: dict, height: int, width: int, where: str) -> dict | None:
-    """Compressed RLE of a detectron2 annotation's ``segmentation`` (polygons or RLE); None
-    when it has no usable segmentation."""
-    segmentation = annotation.get("segmentation")
-    if segmentation is None:
-        return None
-    if isinstance(segmentation, list):
-        polygons = [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
-        if not polygons:
-            return None
-        return mask_util.merge(mask_util.frPyObjects(polygons, height, width))
-    if isinstance(segmentation, dict):
-        if isinstance(segmentation.get("counts"), list):
-            return mask_util.frPyObjects(segmentation, height, width)
-        rle = dict(segmentation)
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-        if tuple(rle["size"]) != (height, width):
-            raise DeepcensInputError(where, f"mask RLE size {tuple(rle['size'])} differs from image size {(height, width)}")
-        return rle
-    raise DeepcensInputError(where, f"unsupported segmentation type {type(segmentation).__name__}")
 
 
 def ground_truth_annotations(record: dict) -> list[dict]:
@@ -64,7 +43,7 @@ def ground_truth_annotations(record: dict) -> list[dict]:
     if "annotations" in record:
         result = []
         for annotation in record["annotations"]:
-            rle = annotation_rle(annotation, height, width, where)
+            rle = segmentation_to_rle(annotation.get("segmentation"), height, width, where)
             if "bbox" in annotation:
                 mode = annotation.get("bbox_mode", BoxMode.XYWH_ABS)
                 box = BoxMode.convert(list(annotation["bbox"]), mode, BoxMode.XYWH_ABS)
@@ -91,7 +70,7 @@ def label_annotations(labels: np.ndarray) -> list[dict]:
         rle = annotation["segmentation"]
         rle["counts"] = rle["counts"].encode("ascii")
         result.append({"category_id": 0, "bbox": annotation["bbox"], "segmentation": rle,
-                       "area": float(mask_util.area(rle)), "iscrowd": 0})
+                       "area": annotation["area"], "iscrowd": 0})
     return result
 
 
@@ -167,6 +146,91 @@ def empty_summary(class_names: Sequence[str], has_gt: Sequence[bool]) -> dict[st
     return result
 
 
+SPLIT_PAIRS = 1 << 22  # detection x GT pairs of one image above which it is scored as independent groups
+GROUP_SIZE = 512  # objects per virtual image when an image is split
+
+
+def _pairs_per_image(gt_dict: dict, results: Sequence[dict]) -> list[int]:
+    gt_counts = collections.Counter(a["image_id"] for a in gt_dict["annotations"])
+    dt_counts = collections.Counter(r["image_id"] for r in results)
+    return [dt_counts[i] * gt_counts[i] for i in dt_counts]
+
+
+def _entry_box(entry: dict) -> list[float]:
+    """XYXY box around an entry's ``bbox`` and ``segmentation`` (RLE), whichever are present."""
+    boxes = []
+    if entry.get("bbox") is not None:
+        x, y, w, h = entry["bbox"]
+        boxes.append((x, y, x + w, y + h))
+    segmentation = entry.get("segmentation")
+    if isinstance(segmentation, dict):
+        x, y, w, h = mask_util.toBbox(segmentation_to_rle(segmentation, *segmentation["size"])).tolist()
+        boxes.append((x, y, x + w, y + h))
+    if not boxes:
+        return [0.0, 0.0, 0.0, 0.0]
+    boxes = np.asarray(boxes)
+    return [boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()]
+
+
+def split_into_independent_images(gt_dict: dict, results: list[dict], max_dets: int,
+                                  group_size: int | None = None) -> tuple[dict, list[dict]]:
+    """The same COCO evaluation with every crowded image cut into groups of objects that cannot
+    overlap (connected components of their boxes, packed into virtual images of about
+    ``group_size`` objects), so that COCOeval's dense detection x GT IoU matrix stays small.
+
+    COCOeval matches detections greedily in score order and only to overlapping GT, so the
+    matches are those of the whole image. The ranking COCOeval would use (score, then image,
+    then input order, with ``max_dets`` per image and class) is made explicit: the kept
+    detections get strictly decreasing scores in that order, which yields the same precision
+    and recall; AP values are identical (tests compare both ways).
+    """
+    group_size = group_size or GROUP_SIZE
+    images = {image["id"]: image for image in gt_dict["images"]}
+    order = {image_id: position for position, image_id in enumerate(sorted(images))}
+    by_pair: dict[tuple, list[int]] = collections.defaultdict(list)
+    for index, entry in enumerate(results):
+        by_pair[(entry["image_id"], entry["category_id"])].append(index)
+    ranked = []
+    for (image_id, _), indices in by_pair.items():
+        indices = sorted(indices, key=lambda i: -results[i]["score"])[:max_dets]  # stable, as COCOeval
+        ranked += [(-results[i]["score"], order.get(image_id, len(order)), position, i)
+                   for position, i in enumerate(indices)]
+    ranked.sort()
+    kept = [dict(results[item[-1]], score=1.0 - rank / len(ranked)) for rank, item in enumerate(ranked)]
+    gt_counts = collections.Counter(a["image_id"] for a in gt_dict["annotations"])
+    dt_counts = collections.Counter(r["image_id"] for r in kept)
+    split_ids = {i for i in dt_counts if i in images and dt_counts[i] * gt_counts[i] > SPLIT_PAIRS}
+    new_images = [dict(images[i]) for i in sorted(images) if i not in split_ids]
+    annotations = [dict(a) for a in gt_dict["annotations"] if a["image_id"] not in split_ids]
+    out_results = [r for r in kept if r["image_id"] not in split_ids]
+    next_id = max(images) + 1
+    for image_id in sorted(split_ids):
+        height, width = images[image_id]["height"], images[image_id]["width"]
+        members = ([("gt", a) for a in gt_dict["annotations"] if a["image_id"] == image_id]
+                   + [("dt", r) for r in kept if r["image_id"] == image_id])
+        canvas = np.zeros((height, width), dtype=bool)
+        corners = []
+        for _, entry in members:
+            x0, y0, x1, y1 = _entry_box(entry)
+            left, top = min(max(int(np.floor(x0)), 0), width - 1), min(max(int(np.floor(y0)), 0), height - 1)
+            canvas[top:max(int(np.ceil(y1)), top + 1), left:max(int(np.ceil(x1)), left + 1)] = True
+            corners.append((top, left))
+        components, _ = ndimage.label(canvas)
+        component = np.asarray([components[top, left] for top, left in corners])
+        positions = np.argsort(component, kind="stable")
+        sizes = np.bincount(component)
+        first_of = np.r_[0, np.cumsum(sizes)[:-1]]  # position of each component's first member
+        virtual = np.zeros(len(members), dtype=np.int64)
+        virtual[positions] = (first_of[component[positions]] // group_size)
+        for value in np.unique(virtual):
+            new_images.append({"id": next_id + int(value), "height": height, "width": width})
+        for (kind, entry), value in zip(members, virtual):
+            moved = dict(entry, image_id=next_id + int(value))
+            (annotations if kind == "gt" else out_results).append(moved)
+        next_id += int(virtual.max()) + 1
+    return dict(gt_dict, images=new_images, annotations=annotations), out_results
+
+
 def evaluate_coco(gt_dict: dict, results: list[dict], iou_type: str, max_dets: int,
                   class_names: Sequence[str], backend: str = "faster_coco_eval") -> dict[str, float]:
     """COCO AP of ``results`` (detectron2 ``instances_to_coco_json`` entries with category ids
@@ -181,6 +245,9 @@ def evaluate_coco(gt_dict: dict, results: list[dict], iou_type: str, max_dets: i
     gt.dataset = copy.deepcopy(gt_dict)
     gt.createIndex()
     results = copy.deepcopy(results)
+    if any(count > SPLIT_PAIRS for count in _pairs_per_image(gt_dict, results)):
+        gt.dataset, results = split_into_independent_images(gt.dataset, results, max_dets)
+        gt.createIndex()
     if iou_type == "segm":
         for entry in results:
             entry.pop("bbox", None)  # mask area (not box area) decides the size range, as in detectron2
@@ -188,7 +255,7 @@ def evaluate_coco(gt_dict: dict, results: list[dict], iou_type: str, max_dets: i
         dt = gt.loadRes(results)
         evaluator = make_eval(gt, dt, iou_type)
         evaluator.params.maxDets = sorted({1, 10, int(max_dets)})
-        evaluator.params.imgIds = sorted(image["id"] for image in gt_dict["images"])
+        evaluator.params.imgIds = sorted(image["id"] for image in gt.dataset["images"])
         evaluator.evaluate()
         evaluator.accumulate()
     params = evaluator.params

@@ -82,17 +82,18 @@ def match_label_images(ref: np.ndarray, comp: np.ndarray) -> LabelMatch:
         raise ValueError(f"label images differ in shape: reference {ref.shape}, computed {comp.shape}")
     ref = ref.reshape(-1)
     comp = comp.reshape(-1)
-    ref_counts = np.bincount(ref)
-    comp_counts = np.bincount(comp)
+    # Only reference-foreground pixels can contribute to an intersection; areas are counted on
+    # foreground pixels too (a bincount over a whole image would copy it as int64).
+    foreground = ref != 0
+    ref_fg = ref[foreground]
+    ref_counts = np.bincount(ref_fg, minlength=1)
+    comp_counts = np.bincount(comp[comp != 0], minlength=1)
     ref_ids = np.flatnonzero(ref_counts[1:]) + 1
     comp_ids = np.flatnonzero(comp_counts[1:]) + 1
     n_ref, n_comp = len(ref_ids), len(comp_ids)
     empty = np.zeros(0, dtype=np.int64)
     if n_ref == 0 or n_comp == 0:
         return LabelMatch(ref_ids, comp_ids, ref_counts[ref_ids], comp_counts[comp_ids], empty, empty, empty)
-    # Only reference-foreground pixels can contribute to an intersection.
-    foreground = ref != 0
-    ref_fg = ref[foreground]
     comp_fg = comp[foreground]
     ref_lut = np.zeros(len(ref_counts), dtype=np.int64)
     ref_lut[ref_ids] = np.arange(n_ref)

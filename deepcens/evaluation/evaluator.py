@@ -16,13 +16,11 @@ import os
 from typing import Any, Sequence
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.structures import BitMasks, Instances
+from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
 from detectron2.utils.registry import Registry
 
@@ -30,7 +28,8 @@ from deepcens.data.io import read_label
 from deepcens.errors import DeepcensInputError
 from deepcens.evaluation.coco import build_coco_dict, evaluate_coco, ground_truth_annotations, label_annotations
 from deepcens.evaluation.ctc_measures import CTCCounts, LabelMatch, det_counts, match_label_images, seg_counts
-from deepcens.postprocess.instances import instance_masks, instances_to_label_image
+from deepcens.postprocess.instances import compact_masks, instances_to_coco_results, instances_to_label_image
+from deepcens.structures.masks import CroppedMasks
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +48,11 @@ def render_annotations(annotations: Sequence[dict], height: int, width: int, cat
     """Label image of the GT annotations of one class (ids 1..n in annotation order); where
     GT objects overlap, the smaller object keeps the pixel."""
     labels = np.zeros((height, width), dtype=np.int32)
-    chosen = [(i, a) for i, a in enumerate(annotations) if a["category_id"] == category and a["segmentation"] is not None]
-    for label_id, (_, annotation) in sorted(enumerate(chosen, 1), key=lambda item: -item[1][1]["area"]):
-        labels[mask_util.decode(annotation["segmentation"]).astype(bool)] = label_id
+    chosen = [a for a in annotations if a["category_id"] == category and a["segmentation"] is not None]
+    if chosen:
+        masks = CroppedMasks.from_rles([a["segmentation"] for a in chosen], (height, width))
+        order = sorted(range(len(chosen)), key=lambda i: -chosen[i]["area"])
+        masks.paint(labels, [i + 1 for i in order], order, overwrite=True)
     return labels
 
 
@@ -168,9 +169,9 @@ class CellEvaluator(DatasetEvaluator):
             if classes.min() < 0 or classes.max() >= len(self._class_names):
                 raise DeepcensInputError(where, f"predicted class ids {sorted(set(classes.tolist()))} outside 0..{len(self._class_names) - 1}")
         if instances.has("pred_masks") and len(instances):
-            instances.pred_masks = torch.from_numpy(instance_masks(instances, self._mask_threshold))
+            instances.pred_masks = compact_masks(instances, self._mask_threshold)
             if not instances.has("pred_boxes"):
-                instances.pred_boxes = BitMasks(instances.pred_masks).get_bounding_boxes()
+                instances.pred_boxes = Boxes(torch.from_numpy(instances.pred_masks.tight_boxes()))
 
         label_file = record.get("label_file_name")
         has_annotations = "annotations" in record
@@ -192,7 +193,7 @@ class CellEvaluator(DatasetEvaluator):
         payload: dict = {"index": index, "coco_eligible": coco_eligible, "height": height, "width": width}
         if coco_eligible:
             payload["gt"] = gt_annotations
-            dt = instances_to_coco_json(instances, index) if len(instances) else []
+            dt = instances_to_coco_results(instances, index, self._mask_threshold)
             for entry in dt:
                 entry["category_id"] += 1
             payload["dt"] = dt

@@ -123,8 +123,9 @@ def instances_from_labels(folder: str, dataset_dicts: list[dict], num_classes: i
 
 def _instance_label_ids(labels: np.ndarray) -> list[int]:
     """Label values in the order :func:`label_image_to_instances` makes instances of them."""
-    ids = np.unique(labels)
-    return [int(v) for v in ids[ids > 0]]
+    from deepcens.postprocess.instances import label_boxes
+
+    return label_boxes(labels)[0].tolist()
 
 
 def _image_key(entry: dict, number: int, path: str, records: dict, by_str: dict, by_file: dict,
@@ -151,7 +152,8 @@ def _image_key(entry: dict, number: int, path: str, records: dict, by_str: dict,
 
 
 def _segmentation_rle(entry: dict, number: int, path: str, height: int, width: int) -> dict:
-    import pycocotools.mask as mask_util
+    """The entry's segmentation as compressed RLE, with errors that name the entry."""
+    from deepcens.postprocess.instances import segmentation_to_rle
 
     segmentation = entry.get("segmentation")
     if segmentation is None:
@@ -163,17 +165,13 @@ def _segmentation_rle(entry: dict, number: int, path: str, height: int, width: i
             raise DeepcensInputError(path, f"entry {number}: polygon segmentation holds non-numbers") from None
         if not polygons:
             raise DeepcensInputError(path, f"entry {number}: polygon segmentation has no polygon of 3+ points")
-        return mask_util.merge(mask_util.frPyObjects(polygons, height, width))
+        return segmentation_to_rle(polygons, height, width, path)
     if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
         raise DeepcensInputError(path, f"entry {number}: segmentation is neither RLE {{size, counts}} nor polygons")
-    rle = dict(segmentation)
-    if [int(v) for v in rle["size"]] != [height, width]:
-        raise DeepcensInputError(path, f"entry {number}: mask size {rle['size']} differs from image size {[height, width]}")
-    if isinstance(rle["counts"], list):  # uncompressed RLE
-        return mask_util.frPyObjects(rle, height, width)
-    if isinstance(rle["counts"], str):
-        rle["counts"] = rle["counts"].encode("ascii")
-    return rle
+    if [int(v) for v in segmentation["size"]] != [height, width]:
+        raise DeepcensInputError(
+            path, f"entry {number}: mask size {segmentation['size']} differs from image size {[height, width]}")
+    return segmentation_to_rle(segmentation, height, width, path)
 
 
 def instances_from_coco(path: str, dataset_dicts: list[dict], dataset_id_to_contiguous: dict | None,
@@ -183,8 +181,7 @@ def instances_from_coco(path: str, dataset_dicts: list[dict], dataset_id_to_cont
     Entries find their image by ``file_name`` when they carry one (full path, else the base
     name when unique in the dataset), else by ``image_id``. Scores must be finite numbers.
     """
-    import pycocotools.mask as mask_util
-    from detectron2.structures import Boxes, BoxMode, Instances
+    from deepcens.postprocess.instances import coco_results_to_instances
 
     entries = read_json(path)
     if not isinstance(entries, list):
@@ -215,25 +212,16 @@ def instances_from_coco(path: str, dataset_dicts: list[dict], dataset_id_to_cont
     for image_id, record in records.items():
         height, width = int(record["height"]), int(record["width"])
         chosen = grouped.get(image_id, [])
-        classes, masks, boxes = [], [], []
+        checked = []
         for number, entry in chosen:
             category = int(entry.get("category_id", 0))
             if dataset_id_to_contiguous is not None:
                 if category not in dataset_id_to_contiguous:
                     raise DeepcensInputError(path, f"entry {number}: unknown category_id {category}")
                 category = dataset_id_to_contiguous[category]
-            classes.append(category)
-            rle = _segmentation_rle(entry, number, path, height, width)
-            masks.append(mask_util.decode(rle).astype(bool))
-            box = list(entry["bbox"]) if "bbox" in entry else mask_util.toBbox(rle).tolist()
-            boxes.append(BoxMode.convert(box, BoxMode.XYWH_ABS, BoxMode.XYXY_ABS))
-        instances = Instances((height, width))
-        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-        instances.scores = torch.tensor([float(e["score"]) for _, e in chosen], dtype=torch.float32)
-        instances.pred_classes = torch.tensor(classes, dtype=torch.int64)
-        instances.pred_masks = (torch.from_numpy(np.stack(masks)) if masks
-                                else torch.zeros((0, height, width), dtype=torch.bool))
-        predictions[image_id] = instances
+            checked.append(dict(entry, category_id=category,
+                                segmentation=_segmentation_rle(entry, number, path, height, width)))
+        predictions[image_id] = coco_results_to_instances(checked, height, width, where=path)
     if not entries:
         logger.warning("%s holds no predictions: every AP and CTC score is 0 where GT exists", path)
     return predictions

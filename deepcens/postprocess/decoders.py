@@ -121,15 +121,14 @@ def decode_tertiary(
     labels = tertiary_labels(probabilities, min_object_size, max_hole_size, grow_into_boundary)
     if labels.ndim != 2:
         raise ValueError("decode_tertiary takes one 2D image; use tertiary_labels for volumes")
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    scores = np.asarray(ndimage.mean(probabilities[CELL], labels, ids) if len(ids) else np.zeros(0), np.float32)
-    if min_score > 0 and len(ids) and (scores < min_score).any():
-        keep = scores >= min_score
-        lookup = np.zeros(int(labels.max()) + 1, dtype=np.int32)
-        lookup[ids[keep]] = ids[keep]
-        labels, scores = lookup[labels], scores[keep]
-    return label_image_to_instances(labels, scores=scores)
+    instances = label_image_to_instances(labels)
+    cell_score = probabilities[CELL]
+    scores = [cell_score[y0:y1, x0:x1][crop].mean(dtype=np.float64) for (x0, y0, x1, y1), crop
+              in instances.pred_masks.items()]
+    instances.scores = torch.tensor(scores, dtype=torch.float32)
+    if min_score > 0:
+        instances = instances[instances.scores >= min_score]
+    return instances
 
 
 def _dataset_keys(dataset_name: str | None) -> list[str]:

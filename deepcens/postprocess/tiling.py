@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from detectron2.structures import Boxes, Instances
 
+from deepcens.structures.masks import CroppedMasks
+
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     """Start offsets of tiles of side ``tile`` every ``stride`` pixels covering ``[0, length)``."""
@@ -55,20 +57,30 @@ def blend_tiled_probabilities(x: torch.Tensor, tile: int, overlap: float,
     """Blend ``predict``'s ``(K, tile, tile)`` maps over the tiles of ``x`` ``(1, C, H, W)``.
 
     ``x`` must be at least ``tile`` on both sides. Each tile's map is weighted by the 2D
-    :func:`blend_window`, so seams between tiles fade smoothly; returns ``(K, H, W)``.
+    :func:`blend_window`, so seams between tiles fade smoothly; returns ``(K, H, W)`` float32.
+    Memory beyond ``x`` is that one sum plus one tile's activations at a time: the 2D weights
+    are separable, so their total over the grid is two vectors, and the sum is normalised in
+    place (an 8192 x 8192 image with 3 outputs holds 768 MiB of sums, no second copy).
     """
     height, width = x.shape[-2:]
     window = blend_window(tile, overlap, x.device)
     weight2d = window[:, None] * window[None, :]
+    stride = tile_stride(tile, overlap)
+    row_weights = torch.zeros(height, device=x.device)
+    column_weights = torch.zeros(width, device=x.device)
+    for top in tile_starts(height, tile, stride):
+        row_weights[top:top + tile] += window
+    for left in tile_starts(width, tile, stride):
+        column_weights[left:left + tile] += window
     total = None
-    weights = torch.zeros((height, width), device=x.device)
     for top, left in tile_grid(height, width, tile, overlap):
         probs = predict(x[..., top:top + tile, left:left + tile])
         if total is None:
             total = torch.zeros((probs.shape[0], height, width), device=x.device)
         total[:, top:top + tile, left:left + tile] += probs * weight2d
-        weights[top:top + tile, left:left + tile] += weight2d
-    return total / weights
+    total /= row_weights[:, None]
+    total /= column_weights[None, :]
+    return total
 
 
 @dataclass
@@ -90,7 +102,7 @@ def merge_tiled_instances(parts: Sequence[tuple[Instances, int, int]], image_siz
     mask is dropped (the same object seen twice), except that two truncated pieces are
     joined (an object larger than the tile overlap, cut in every tile).
     """
-    from deepcens.postprocess.instances import instance_masks
+    from deepcens.postprocess.instances import compact_masks
 
     height, width = image_size
     pieces: list[_Piece] = []
@@ -98,19 +110,20 @@ def merge_tiled_instances(parts: Sequence[tuple[Instances, int, int]], image_siz
         if len(instances) == 0:
             continue
         tile_h, tile_w = instances.image_size
-        masks = instance_masks(instances, mask_threshold)
+        masks = compact_masks(instances, mask_threshold)
         scores = instances.scores.cpu().numpy() if instances.has("scores") else np.ones(len(instances))
         classes = (instances.pred_classes.cpu().numpy() if instances.has("pred_classes")
                    else np.zeros(len(instances), dtype=np.int64))
-        for mask, score, cls in zip(masks, scores, classes):
-            ys, xs = np.nonzero(mask)
-            if len(ys) == 0:
+        for ((cx0, cy0, _, _), crop), score, cls in zip(masks.items(), scores, classes):
+            rows, cols = np.flatnonzero(crop.any(1)), np.flatnonzero(crop.any(0))
+            if len(rows) == 0:
                 continue
-            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+            y0, y1, x0, x1 = cy0 + rows[0], cy0 + rows[-1] + 1, cx0 + cols[0], cx0 + cols[-1] + 1
             truncated = ((y0 == 0 and top > 0) or (x0 == 0 and left > 0)
                          or (y1 == tile_h and top + tile_h < height) or (x1 == tile_w and left + tile_w < width))
             pieces.append(_Piece([int(x0 + left), int(y0 + top), int(x1 + left), int(y1 + top)],
-                                 mask[y0:y1, x0:x1].copy(), float(score), int(cls), bool(truncated)))
+                                 np.ascontiguousarray(crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]),
+                                 float(score), int(cls), bool(truncated)))
     pieces.sort(key=lambda p: (p.truncated, -p.score))
     kept: list[_Piece] = []
     kept_boxes = np.zeros((len(pieces), 4), dtype=np.int64)  # kept boxes, vectorised overlap pre-check
@@ -141,11 +154,8 @@ def merge_tiled_instances(parts: Sequence[tuple[Instances, int, int]], image_siz
             _join(kept[merged_into], piece)
             kept_boxes[merged_into] = kept[merged_into].box
     result = Instances((height, width))
-    masks = np.zeros((len(kept), height, width), dtype=bool)
-    for index, piece in enumerate(kept):
-        x0, y0, x1, y1 = piece.box
-        masks[index, y0:y1, x0:x1] = piece.mask
-    result.pred_masks = torch.from_numpy(masks)
+    result.pred_masks = CroppedMasks([p.mask for p in kept], np.asarray([p.box for p in kept]).reshape(-1, 4),
+                                     (height, width))
     result.pred_boxes = Boxes(torch.tensor([p.box for p in kept], dtype=torch.float32).reshape(-1, 4))
     result.scores = torch.tensor([p.score for p in kept], dtype=torch.float32)
     result.pred_classes = torch.tensor([p.cls for p in kept], dtype=torch.int64)

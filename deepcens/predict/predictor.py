@@ -48,7 +48,7 @@ class Predictor:
         self.dataset_name = dataset_name
         self.model = build_model(cfg)
         self.model.eval()
-        uninitialised = load_inference_weights(self.model, cfg.MODEL.WEIGHTS, allow_unsafe=cfg.ALLOW_UNSAFE_CHECKPOINTS,
+        uninitialised = load_inference_weights(self.model, cfg.MODEL.WEIGHTS, allow_unsafe=cfg.RUN.ALLOW_UNSAFE_CHECKPOINTS,
                                                allow_random=allow_random_weights)
         self.random_weights = bool(uninitialised)
         self.mapper = build_mapper(cfg, is_train=False)

@@ -20,10 +20,11 @@ from detectron2.structures import Instances
 
 from deepcens.data.ctc_files import CTCResultWriter, frame_file_name
 from deepcens.data.io import write_label_tiff
-from deepcens.postprocess.instances import instance_masks, mask_to_rle
+from deepcens.postprocess.instances import compact_masks, instances_to_coco_results
 from deepcens.predict.inputs import Page, Source
 from deepcens.utils.atomic import atomic_save_json, atomic_write
 
+RCNN_ARCHITECTURES = ("GeneralizedRCNN", "CompactMaskRCNN")  # meta-architectures with ROI_HEADS classes
 CLASS_MAP_SUFFIX = ".classes.json"  # beside a label image: {"class_names": [...], "classes": {label: class}}
 
 
@@ -33,7 +34,7 @@ def class_names_for(cfg: CfgNode, given: str = "", dataset_name: str | None = No
 
     if given:
         return [name.strip() for name in given.split(",") if name.strip()]
-    num_classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES) if cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN" else 1
+    num_classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES) if cfg.MODEL.META_ARCHITECTURE in RCNN_ARCHITECTURES else 1
     candidates = [dataset_name] if dataset_name else []
     candidates += list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
     for name in candidates:
@@ -52,10 +53,14 @@ def label_classes(labels: np.ndarray, instances: Instances, mask_threshold: floa
         return {}
     classes = (instances.pred_classes.numpy() if instances.has("pred_classes")
                else np.zeros(len(instances), dtype=np.int64))
-    overlap = np.zeros((len(instances), int(labels.max()) + 1), dtype=np.int64)
-    for index, mask in enumerate(instance_masks(instances, mask_threshold)):
-        overlap[index] = np.bincount(labels[mask].astype(np.int64), minlength=overlap.shape[1])
-    return {int(label): int(classes[int(np.argmax(overlap[:, label]))]) for label in ids}
+    best_overlap = np.zeros(int(labels.max()) + 1, dtype=np.int64)
+    best_class = np.zeros(int(labels.max()) + 1, dtype=np.int64)
+    for index, ((x0, y0, x1, y1), crop) in enumerate(compact_masks(instances, mask_threshold).items()):
+        covered, counts = np.unique(labels[y0:y1, x0:x1][crop], return_counts=True)
+        better = (covered > 0) & (counts > best_overlap[covered])  # the first instance wins ties
+        best_overlap[covered[better]] = counts[better]
+        best_class[covered[better]] = classes[index]
+    return {int(label): int(best_class[label]) for label in ids}
 
 
 class SourceWriter:
@@ -161,7 +166,7 @@ class SummaryTable:
 
     def add(self, page: Page, output: str, instances: Instances, mask_threshold: float) -> dict:
         height, width = instances.image_size
-        areas = instance_masks(instances, mask_threshold).reshape(len(instances), height * width).sum(1)
+        areas = compact_masks(instances, mask_threshold).areas()
         classes = instances.pred_classes.numpy() if instances.has("pred_classes") else np.zeros(len(instances), int)
         row = {"input": page.file_name, "frame": "" if page.frame is None else page.frame, "output": output,
                "height": height, "width": width, "instances": len(instances),
@@ -191,16 +196,11 @@ def coco_results(instances: Instances, image_id: int, file_name: str, frame: int
     ``category_id`` is the contiguous class id + 1 (COCO ids start at 1); the class name is kept
     too. ``file_name`` names the image, so results match a dataset's images by file.
     """
-    masks = instance_masks(instances, mask_threshold)
-    boxes = instances.pred_boxes.tensor.numpy() if instances.has("pred_boxes") else np.zeros((len(instances), 4))
-    scores = instances.scores.numpy() if instances.has("scores") else np.ones(len(instances))
-    classes = instances.pred_classes.numpy() if instances.has("pred_classes") else np.zeros(len(instances), int)
     results = []
-    for mask, (x0, y0, x1, y1), score, cls in zip(masks, boxes, scores, classes):
-        entry = {"image_id": image_id, "file_name": file_name, "category_id": int(cls) + 1,
-                 "category_name": class_names[cls] if cls < len(class_names) else f"class{cls}",
-                 "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "score": float(score),
-                 "segmentation": mask_to_rle(mask)}
+    for entry in instances_to_coco_results(instances, image_id, mask_threshold):
+        cls = entry["category_id"]
+        entry.update(file_name=file_name, category_id=cls + 1,
+                     category_name=class_names[cls] if cls < len(class_names) else f"class{cls}")
         if frame is not None:
             entry["frame"] = int(frame)
         results.append(entry)

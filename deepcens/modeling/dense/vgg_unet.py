@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, configurable
 from torch import nn
 
 from deepcens.modeling.dense import DENSE_NETWORK_REGISTRY
@@ -89,9 +89,21 @@ class ResNetEncoder(nn.Module):
         return skips, x
 
 
+@DENSE_NETWORK_REGISTRY.register()
 class UNet(nn.Module):
     """Encoder + optional ASPP bottleneck + decoder of up-sampling and VGG blocks."""
 
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict:
+        """The U-Net of ``cfg.MODEL.DENSE.UNET`` (defaults: the paper's Base variant)."""
+        u = cfg.MODEL.DENSE.UNET
+        return dict(
+            in_channels=cfg.MODEL.DENSE.INPUT_CHANNELS, num_outputs=cfg.MODEL.DENSE.NUM_OUTPUTS,
+            base_channels=u.BASE_CHANNELS, depth=u.DEPTH, norm=u.NORM, groups=u.GN_GROUPS,
+            downsample=u.DOWNSAMPLE, upsample=u.UPSAMPLE, aspp=u.ASPP, aspp_dilations=tuple(u.ASPP_DILATIONS),
+            encoder=u.ENCODER)
+
+    @configurable
     def __init__(self, in_channels: int = 1, num_outputs: int = 3, base_channels: int = 64, depth: int = 5,
                  norm: str = "BN", groups: int = 8, downsample: str = "maxpool", upsample: str = "upconv",
                  aspp: bool = False, aspp_dilations: Sequence[int] = (6, 12, 18), encoder: str = "vgg"):
@@ -131,16 +143,3 @@ class UNet(nn.Module):
         for up, block, skip in zip(self.ups, self.blocks, reversed(skips)):
             x = block(torch.cat([up(x), skip], dim=1))
         return self.classifier(x)
-
-
-def build_vgg_unet(cfg: CfgNode) -> UNet:
-    """The U-Net of ``cfg.MODEL.DENSE.UNET`` (defaults: the paper's Base variant)."""
-    u = cfg.MODEL.DENSE.UNET
-    return UNet(
-        in_channels=cfg.MODEL.DENSE.INPUT_CHANNELS, num_outputs=cfg.MODEL.DENSE.NUM_OUTPUTS,
-        base_channels=u.BASE_CHANNELS, depth=u.DEPTH, norm=u.NORM, groups=u.GN_GROUPS,
-        downsample=u.DOWNSAMPLE, upsample=u.UPSAMPLE, aspp=u.ASPP, aspp_dilations=tuple(u.ASPP_DILATIONS),
-        encoder=u.ENCODER)
-
-
-DENSE_NETWORK_REGISTRY._do_register("UNet", build_vgg_unet)

@@ -52,7 +52,7 @@ class DenseSegmentor(nn.Module):
 
     def __init__(self, cfg: CfgNode):
         super().__init__()
-        from deepcens.postprocess.decoders import build_decoder  # C1's registry
+        from deepcens.postprocess.decoders import build_decoder  # imported when the model is built
 
         d = cfg.MODEL.DENSE
         self.network = build_dense_network(cfg)
