@@ -100,6 +100,7 @@ def _add_dense_config(cfg: CN) -> None:
     cfg.MODEL.DENSE.TARGET_DILATION = 2  # dilation iterations making the cell-background boundary (paper: 2 in 2D, 5 for 3D slices; CTC dicts carry their own)
     cfg.MODEL.DENSE.TARGET_EROSION = 2  # erosion iterations / window half-size making cell-cell boundaries (paper: 2)
     cfg.MODEL.DENSE.MIN_OBJECT_SIZE = 20  # decoder: connected components smaller than this (pixels) are dropped
+    cfg.MODEL.DENSE.MIN_SCORE = 0.0  # decoder: objects whose mean cell probability is below this are dropped (0 = keep all, paper)
     cfg.MODEL.DENSE.MAX_HOLE_SIZE = 20  # decoder: holes up to this area (pixels) inside a component are filled
     cfg.MODEL.DENSE.GROW_INTO_BOUNDARY = 0  # decoder: grow components into boundary-class pixels by up to this many pixels (0 = off, paper)
     cfg.MODEL.DENSE.POSTPROCESS_PER_DATASET = []  # decoder overrides, "dataset:min_size:max_hole" strings (dataset = registered name or ctc_dataset)
@@ -137,6 +138,15 @@ def _add_dense_config(cfg: CN) -> None:
     cfg.INPUT.DENSE.CONTEXT_PAD = 8  # reflection padding around training crops, loss ignored there (paper: 8; 16 for 6 stages)
     cfg.INPUT.DENSE.FLIP = True  # random horizontal / vertical flips in training
     cfg.INPUT.DENSE.ROTATE_90 = True  # random 90-degree rotations in training
+    cfg.INPUT.DENSE.NORMALIZATION = "sequence_minmax"  # sequence_minmax (XB-Net paper) | frame_percentile (INPUT.INTENSITY_PERCENTILES of each frame -> [0, 1])
+    cfg.INPUT.DENSE.AUGMENT = CN()
+    cfg.INPUT.DENSE.AUGMENT.PROBABILITY = 0.0  # chance of each augmentation below per training sample (0 = none, as the paper)
+    cfg.INPUT.DENSE.AUGMENT.GAMMA = (1.0, 1.0)  # random gamma drawn log-uniformly from (low, high)
+    cfg.INPUT.DENSE.AUGMENT.CONTRAST = (1.0, 1.0)  # random contrast factor around the crop mean
+    cfg.INPUT.DENSE.AUGMENT.BRIGHTNESS = 0.0  # random additive shift in [-b, b] of the [0, 1] image
+    cfg.INPUT.DENSE.AUGMENT.NOISE_STD = 0.0  # additive Gaussian noise, std drawn from [0, this]
+    cfg.INPUT.DENSE.AUGMENT.BLUR_SIGMA = 0.0  # Gaussian blur, sigma drawn from [0, this] pixels
+    cfg.INPUT.DENSE.AUGMENT.SCALE = (1.0, 1.0)  # random resize of image and target before cropping, factor log-uniform in (low, high)
     # XB-Net training: cosine annealing with warm restarts, universal-training schemes
     cfg.SOLVER.COSINE_RESTARTS = ()  # LR_SCHEDULER_NAME CosineWarmRestarts: iterations where the LR jumps back to BASE_LR (paper: epochs 100, 300, 700)
     cfg.SOLVER.EPOCHS = 0  # > 0: MAX_ITER = EPOCHS x iterations per epoch of the training data (XB-Net Table 3), set at start
