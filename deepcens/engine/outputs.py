@@ -55,14 +55,16 @@ def write_overlays(cfg: CfgNode, model: torch.nn.Module, dataset_name: str, outp
 def finish_run(cfg: CfgNode, model: torch.nn.Module, results: Mapping) -> str:
     """Write reports and overlays into ``cfg.OUTPUT_DIR`` and return the console summary table."""
     from deepcens.evaluation import format_summary_table, write_reports
+    from deepcens.evaluation.reports import add_parameter_efficiency
 
     if not comm.is_main_process() or not results:
         return ""
     # with one test set DefaultTrainer.test returns its metrics unnested: name the row
     single_name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) == 1 else None
-    write_reports(results, cfg.OUTPUT_DIR, dataset_name=single_name)
+    num_parameters = sum(p.numel() for p in model.parameters())  # for PESEG
+    write_reports(results, cfg.OUTPUT_DIR, dataset_name=single_name, num_parameters=num_parameters)
     if cfg.OUTPUT_OVERLAYS > 0 and len(cfg.DATASETS.TEST):
         model = model.module if hasattr(model, "module") else model
         paths = write_overlays(cfg, model, cfg.DATASETS.TEST[0], cfg.OUTPUT_DIR, cfg.OUTPUT_OVERLAYS)
         logger.info(f"Wrote {len(paths)} overlay PNGs under {os.path.join(cfg.OUTPUT_DIR, 'overlays')}")
-    return format_summary_table(results, dataset_name=single_name)
+    return format_summary_table(add_parameter_efficiency(results, num_parameters, single_name))

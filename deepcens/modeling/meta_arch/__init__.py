@@ -1,2 +1,3 @@
 """Meta-architectures registered in detectron2's ``META_ARCH_REGISTRY``."""
 from deepcens.modeling.meta_arch.dense import DenseSegmentor  # noqa: F401  (registration)
+from deepcens.modeling.meta_arch.efficientcellseg import EfficientCellSegSegmentor  # noqa: F401  (registration)
