@@ -510,6 +510,8 @@ def predict(cfg: CfgNode, inputs: Sequence[str], output_dir: str, *, batch_size:
 
     if batch_size < 1:
         raise DeepcensInputError(None, f"--batch-size must be >= 1, got {batch_size}")
+    from deepcens import predict_volumes
+
     sources = collect_inputs(inputs, frames)
     predictor = Predictor(cfg, tile_size, tile_overlap, dataset_name)
     names = class_names_for(cfg, class_names, dataset_name)
@@ -518,6 +520,13 @@ def predict(cfg: CfgNode, inputs: Sequence[str], output_dir: str, *, batch_size:
     summary = SummaryTable(names)
     coco: list[dict] = []
     written: list[str] = []
+    with_context = predict_volumes.needs_context(predictor)
+    volume_sources = ([s for s in sources if predict_volumes.is_volume_source(s, _tiff_page_count)]
+                      if predict_volumes.decodes_volumes(predictor) else [])
+    if volume_sources:  # 3D stacks: one 3D label TIFF per volume
+        written.extend(predict_volumes.predict_volume_sources(predictor, volume_sources, output_dir, ctc_format,
+                                                              summary, _write_page, _finish_source))
+        sources = [s for s in sources if all(s is not v for v in volume_sources)]
     ranges = {}
     for source in sources:
         if source.kind in ("sequence", "stack"):
@@ -541,7 +550,12 @@ def predict(cfg: CfgNode, inputs: Sequence[str], output_dir: str, *, batch_size:
                     stop += 1
                 source = batch[start][0]
                 extra = {"intensity_range": ranges[id(source)]} if id(source) in ranges else None
-                results.extend(predictor(images[start:stop], file_names[start:stop], batch_size, extra))
+                if with_context:  # neighbouring pages of the same source, one image at a time
+                    for k in range(start, stop):
+                        context = predict_volumes.page_context(source.pages, source.pages.index(batch[k][1]), reader)
+                        results.extend(predictor([images[k]], [file_names[k]], 1, dict(extra or {}, context_images=context)))
+                else:
+                    results.extend(predictor(images[start:stop], file_names[start:stop], batch_size, extra))
                 start = stop
             for (source, page), image, file_name, all_instances in zip(batch, images, file_names, results):
                 if coco_json:

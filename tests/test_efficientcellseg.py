@@ -268,3 +268,25 @@ def test_two_training_iterations_then_slice_and_volume_inference(tmp_path, heatm
     assert tuple(outputs[0]["instances"].image_size) == (64, 64)
     volume = model.predict_volume(inputs)  # three frames stacked as a volume
     assert volume.shape == (3, 64, 64) and volume.dtype == np.int32
+
+
+def test_predict_writes_a_3d_label_tiff_for_a_stack_and_frame_labels_for_a_sequence(tmp_path):
+    import tifffile
+
+    from deepcens.predict import predict
+
+    rng = np.random.default_rng(0)
+    stack = (rng.random((6, 32, 48)) * 1000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "volume.tif", stack)
+    sequence = tmp_path / "01"
+    sequence.mkdir()
+    for t in range(3):
+        tifffile.imwrite(sequence / f"t{t:03d}.tif", stack[t])
+    cfg = ecs_cfg(**{"MODEL.DENSE.ECS.NETWORK_SIZE": 0, "MODEL.DENSE.ECS.FOREGROUND_THRESHOLD": 0.0,
+                     "MODEL.DENSE.ECS.MIN_OBJECT_SIZE": 0})
+    result = predict(cfg, [str(tmp_path / "volume.tif"), str(sequence)], str(tmp_path / "out"), progress=False)
+    labels = tifffile.imread(tmp_path / "out" / "labels" / "volume.tif")
+    assert labels.shape == (6, 32, 48) and labels.dtype == np.uint16
+    assert labels.max() == 1  # threshold 0: the whole volume is one 3D object
+    assert (tmp_path / "out" / "labels" / "01" / "t002.tif").is_file()
+    assert result["images"] == 3
