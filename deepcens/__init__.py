@@ -6,6 +6,7 @@ deepcens' registries, so configs find them by name.
 """
 from deepcens.config import add_deepcens_config
 from deepcens import data, modeling, postprocess, evaluation, engine  # noqa: F401  (registrations)
+from deepcens import tracking  # noqa: F401  (tracker registrations)
 
 __all__ = ["add_deepcens_config"]
 __version__ = "0.1.0"

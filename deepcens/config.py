@@ -20,6 +20,7 @@ def add_deepcens_config(cfg: CN) -> None:
     _add_reliability_config(cfg)
     _add_output_config(cfg)
     _add_efficientcellseg_config(cfg)
+    _add_tracking_config(cfg)
 
 
 def _add_input_config(cfg: CN) -> None:
@@ -196,3 +197,16 @@ def _add_efficientcellseg_config(cfg: CN) -> None:
     cfg.INPUT.ECS.NORM_PER_CHANNEL = True  # min-max normalise each pseudocolour channel (authors' code) instead of the whole image
     cfg.INPUT.ECS.SCALE = 1.0  # every slice is rescaled by this factor first, in training and inference (not in the paper; reduced CPU config)
     cfg.INPUT.ECS.PATCH_SIZE = 0  # training: random square patch side before resizing to NETWORK_SIZE; 0 = whole slice (paper TRIC: 873 = six patches)
+
+
+def _add_tracking_config(cfg: CN) -> None:
+    # ---- tracking (linking instances over time into CTC tracks, docs/tracking.md) -------------
+    cfg.TRACKING = CN()
+    cfg.TRACKING.NAME = "LapTracker"  # TRACKER_REGISTRY name: LapTracker (laptrack LAP linking) | GreedyTracker (XB-Net Sec. 5.6 nearest-centroid rule)
+    cfg.TRACKING.COST = "centroid"  # LapTracker cost: centroid (squared centroid distance) | overlap (1 - intersection / smaller area)
+    cfg.TRACKING.MAX_DISTANCE = 30.0  # pixels: farthest centroid move linked between consecutive frames (XB-Net Sec. 5.6: tuned per dataset, value not stated)
+    cfg.TRACKING.MIN_OVERLAP = 0.2  # COST overlap: least intersection / smaller area that links two objects (links, gaps and divisions)
+    cfg.TRACKING.GAP_CLOSING_FRAMES = 2  # most missing frames a track may bridge (0 = no gap closing); the object after a gap names the one before as parent
+    cfg.TRACKING.GAP_CLOSING_MAX_DISTANCE = 40.0  # pixels: farthest centroid move across a closed gap
+    cfg.TRACKING.DIVISIONS = True  # LapTracker: detect divisions (a mother ending where two daughters start)
+    cfg.TRACKING.DIVISION_MAX_DISTANCE = 40.0  # pixels: farthest daughter centroid from the mother's centroid in the frame before
