@@ -290,3 +290,37 @@ def test_predict_writes_a_3d_label_tiff_for_a_stack_and_frame_labels_for_a_seque
     assert labels.max() == 1  # threshold 0: the whole volume is one 3D object
     assert (tmp_path / "out" / "labels" / "01" / "t002.tif").is_file()
     assert result["images"] == 3
+
+
+def test_3d_sequence_is_predicted_as_volumes_and_scored_in_3d(tmp_path, monkeypatch):
+    """Slice-wise maps re-stacked and split by the 3D watershed into the two touching balls of
+    each volume; the written CTC result scores like py-ctcmetrics against the 3D reference."""
+    import tifffile
+
+    from deepcens.evaluation.ctc_measures import evaluate_ctc_folders
+    from deepcens.modeling.meta_arch.efficientcellseg import EfficientCellSegSegmentor
+    from deepcens.predict import predict
+
+    truth = _touching_discs((12, 40, 56), ((6, 20, 18), (6, 20, 37)), 10).astype(np.uint16)
+    (tmp_path / "01").mkdir()
+    for kind in ("SEG", "TRA"):
+        (tmp_path / "01_GT" / kind).mkdir(parents=True)
+    for t in range(2):
+        tifffile.imwrite(tmp_path / "01" / f"t{t:03d}.tif", np.where(truth > 0, 1000, 100).astype(np.uint16))
+        tifffile.imwrite(tmp_path / "01_GT" / "SEG" / f"man_seg{t:03d}.tif", truth)
+        tifffile.imwrite(tmp_path / "01_GT" / "TRA" / f"man_track{t:03d}.tif", truth)
+    (tmp_path / "01_GT" / "TRA" / "man_track.txt").write_text("1 0 1 0\n2 0 1 0\n")
+    # the network's map is replaced by the slice itself (green = the normalised slice): the test
+    # checks the slice-wise -> volume -> 3D watershed -> CTC writing and scoring chain
+    monkeypatch.setattr(EfficientCellSegSegmentor, "predict_probabilities", lambda self, image: image[1:2])
+    cfg = ecs_cfg(**{"MODEL.DENSE.ECS.NETWORK_SIZE": 0, "MODEL.DENSE.DECODER": "ecs_distance_watershed",
+                     "MODEL.DENSE.ECS.MIN_DISTANCE": 4, "MODEL.DENSE.ECS.MIN_OBJECT_SIZE": 0})
+    predict(cfg, [str(tmp_path / "01")], str(tmp_path / "out"), ctc_format=True, progress=False)
+    result = tifffile.imread(tmp_path / "out" / "01_RES" / "mask001.tif")
+    assert result.shape == truth.shape and len(np.unique(result[result > 0])) == 2
+    scores = evaluate_ctc_folders(tmp_path / "01_GT", tmp_path / "out" / "01_RES", tra=False)
+    assert scores["SEG"] > 0.99 and scores["DET"] == 1.0  # a few voxels on the contact plane differ
+    from deepcens.benchmarks.ctc_metrics import reference_measures
+
+    reference = reference_measures(str(tmp_path / "01_GT"), str(tmp_path / "out" / "01_RES"))
+    assert scores["SEG"] == pytest.approx(reference["SEG"]) and scores["DET"] == pytest.approx(reference["DET"])
