@@ -11,11 +11,13 @@ transform runs in training and prediction. Neighbours come from
   frames of a 2D sequence;
 * nothing else: a single image has no neighbours (its masks are empty).
 
-Training: a random square patch of ``INPUT.ECS.PATCH_SIZE`` (0 = the whole slice), resized
+Training: the slice (and target) rescaled by ``INPUT.ECS.SCALE`` (1 = kept; the reduced CPU
+config only), a random square patch of ``INPUT.ECS.PATCH_SIZE`` (0 = the whole slice), resized
 to ``MODEL.DENSE.ECS.NETWORK_SIZE`` (0 = kept), then the dense mapper's random flips and
 90-degree rotations. Targets: ``int64 (H, W)`` for one-channel targets, ``float32 (C, H, W)``
 for the foreground + centre-heatmap target (255 = ignore). At test time the whole
-pseudocoloured slice is returned; the meta-architecture resizes and patches it.
+pseudocoloured slice (rescaled by ``SCALE``) is returned; the meta-architecture resizes and
+patches it and brings its maps back to the record's height x width.
 """
 from __future__ import annotations
 
