@@ -19,6 +19,7 @@ def add_deepcens_config(cfg: CN) -> None:
     _add_evaluation_config(cfg)
     _add_reliability_config(cfg)
     _add_output_config(cfg)
+    _add_efficientcellseg_config(cfg)
     _add_tracking_config(cfg)
     _add_user_data_config(cfg)
     _add_nas_unet_config(cfg)
@@ -206,6 +207,45 @@ def _add_plugin_config(cfg: CN) -> None:
     from deepcens.plugins import add_plugin_configs
 
     add_plugin_configs(cfg)
+
+
+def _add_efficientcellseg_config(cfg: CN) -> None:
+    # ---- EfficientCellSeg (docs/efficientcellseg.md) -----------------------------------------
+    cfg.MODEL.DENSE.ECS = CN()
+    cfg.MODEL.DENSE.ECS.DECODER_CHANNELS = (64, 48, 32, 16)  # filters of the four up blocks (paper Table 1; Table 2: (112, 80, 48, 16), (512, 256, 128, 64))
+    cfg.MODEL.DENSE.ECS.NUM_NETWORKS = 1  # 1 = segmentation network; 2 = plus a centre-heatmap network (paper Sec. 3.3, MDA231)
+    cfg.MODEL.DENSE.ECS.ENCODER_WEIGHTS = ""  # local torchvision efficientnet_b5 state dict for the encoder; "" = random init (ablation model 1)
+    cfg.MODEL.DENSE.ECS.NETWORK_SIZE = 384  # side every slice / patch is resized to before the network (paper Sec. 2.1: 384); 0 = no resizing
+    cfg.MODEL.DENSE.ECS.PATCHES = (1, 1)  # inference grid (rows, cols) of overlapping square patches per slice (paper TRIC: six patches, 2 x 3)
+    cfg.MODEL.DENSE.ECS.CENTRE_SIGMA = 2.0  # Gaussian sigma (pixels) of the centre-heatmap target (not stated)
+    cfg.MODEL.DENSE.ECS.DICE_SMOOTH = 1.0  # smoothing term of the Dice loss (not stated)
+    cfg.MODEL.DENSE.ECS.FOCAL_ALPHA = 0.25  # focal loss alpha of the heatmap network (Lin et al. default; not stated)
+    cfg.MODEL.DENSE.ECS.FOCAL_GAMMA = 2.0  # focal loss gamma (Lin et al. default; not stated)
+    cfg.MODEL.DENSE.ECS.FOREGROUND_THRESHOLD = 0.5  # decoders: foreground probability threshold (not stated)
+    cfg.MODEL.DENSE.ECS.MARKER_THRESHOLD = 0.5  # centre-marker watershed: heatmap level whose components are markers (not stated)
+    cfg.MODEL.DENSE.ECS.MIN_DISTANCE = 5  # distance watershed: minimal distance (pixels) between two markers (distance-map maxima; not stated)
+    cfg.MODEL.DENSE.ECS.MIN_OBJECT_SIZE = 20  # decoders: objects smaller than this many pixels (voxels in 3D) are dropped (not stated)
+    cfg.MODEL.DENSE.ECS.VOLUME_DECODING = True  # 3D stacks: decode re-stacked slice probabilities into 3D objects (paper Sec. 3)
+    cfg.SOLVER.PLATEAU = CN()
+    cfg.SOLVER.PLATEAU.METRIC = "val_total_loss"  # LR_SCHEDULER_NAME ReduceLROnPlateau: storage scalar to watch (falls back to training total_loss)
+    cfg.SOLVER.PLATEAU.PERIOD = 100  # iterations per plateau step when METRIC is never written (median training loss of the window)
+    cfg.SOLVER.PLATEAU.FACTOR = 0.1  # LR multiplier at a plateau (not stated; Keras ReduceLROnPlateau default)
+    cfg.SOLVER.PLATEAU.PATIENCE = 10  # metric updates without improvement before the LR drops (not stated; Keras default)
+    cfg.SOLVER.PLATEAU.THRESHOLD = 0.0001  # smallest absolute improvement that counts (not stated; Keras min_delta)
+    cfg.SOLVER.PLATEAU.MIN_LR = 0.0  # the LR never drops below this (not stated; Keras default)
+    cfg.INPUT.ECS = CN()
+    cfg.INPUT.ECS.TRANSFORM = "context_pseudocolor"  # name in INPUT_TRANSFORM_REGISTRY: context_pseudocolor | grey (ablation models 1-2)
+    cfg.INPUT.ECS.CLAHE_CLIP_LIMIT = 0.01  # skimage CLAHE clip limit of the neighbour slices (not stated; skimage default)
+    cfg.INPUT.ECS.CLAHE_TILES = 16  # CLAHE tiles per image side (authors' code: a 16 x 16 grid)
+    cfg.INPUT.ECS.ROI_METHOD = "adaptive"  # neighbour ROI threshold: adaptive (authors' code rule) | otsu
+    cfg.INPUT.ECS.ROI_BLUR = 8  # box blur side before thresholding the neighbours (authors' code: 8; 0 = off)
+    cfg.INPUT.ECS.ROI_START = 0.2  # adaptive rule: first threshold on the [0, 1] neighbour (authors' code: 0.2)
+    cfg.INPUT.ECS.ROI_STEP = 0.01  # adaptive rule: threshold increment (authors' code: 0.01)
+    cfg.INPUT.ECS.ROI_MAX_STEPS = 30  # adaptive rule: at most this many thresholds (authors' code: 30)
+    cfg.INPUT.ECS.ROI_MAX_FRACTION = 0.03  # adaptive rule: raise the threshold until at most this image fraction is ROI (authors' code: 0.03)
+    cfg.INPUT.ECS.NORM_PER_CHANNEL = True  # min-max normalise each pseudocolour channel (authors' code) instead of the whole image
+    cfg.INPUT.ECS.SCALE = 1.0  # every slice is rescaled by this factor first, in training and inference (not in the paper; reduced CPU config)
+    cfg.INPUT.ECS.PATCH_SIZE = 0  # training: random square patch side before resizing to NETWORK_SIZE; 0 = whole slice (paper TRIC: 873 = six patches)
 
 
 def _add_tracking_config(cfg: CN) -> None:

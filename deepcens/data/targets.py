@@ -277,6 +277,57 @@ def tertiary(cfg: CfgNode) -> Callable[..., np.ndarray]:
     return target
 
 
+def foreground_target(labels: np.ndarray, dilation: int | None = None) -> np.ndarray:
+    """Binary target (uint8): 1 on every labelled pixel, 0 elsewhere (EfficientCellSeg's two classes)."""
+    return (_as_labels(labels) > 0).astype(np.uint8)
+
+
+def centre_heatmap(labels: np.ndarray, sigma: float) -> np.ndarray:
+    """float32 heatmap: a unit-height Gaussian (``sigma`` pixels) at each object's centre, max over objects.
+
+    The centre is the centroid, or the object's pixel nearest to it when the centroid falls
+    outside the object (non-convex cells).
+    """
+    labels = _as_labels(labels)
+    heatmap = np.zeros(labels.shape, dtype=np.float32)
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if not len(ids) or sigma <= 0:
+        return heatmap
+    radius = int(math.ceil(4 * sigma))
+    objects = ndimage.find_objects(labels)
+    for label_id in ids:
+        box = objects[int(label_id) - 1]
+        coords = np.argwhere(labels[box] == label_id) + np.array([b.start for b in box])
+        centroid = coords.mean(axis=0)
+        centre = np.round(centroid).astype(int)
+        if labels[tuple(centre)] != label_id:
+            centre = coords[np.argmin(((coords - centroid) ** 2).sum(axis=1))]
+        window = tuple(slice(max(c - radius, 0), min(c + radius + 1, n)) for c, n in zip(centre, labels.shape))
+        grids = np.meshgrid(*[np.arange(w.start, w.stop) - c for w, c in zip(window, centre)], indexing="ij")
+        gaussian = np.exp(-sum(g.astype(np.float32) ** 2 for g in grids) / np.float32(2 * sigma ** 2))
+        np.maximum(heatmap[window], gaussian, out=heatmap[window])
+    return heatmap
+
+
+@TARGET_REGISTRY.register()
+def foreground(cfg: CfgNode) -> Callable[..., np.ndarray]:
+    """Foreground / background target (EfficientCellSeg segmentation network)."""
+    return foreground_target
+
+
+@TARGET_REGISTRY.register()
+def foreground_centre(cfg: CfgNode) -> Callable[..., np.ndarray]:
+    """float32 ``(H, W, 2)``: the foreground target and the centre heatmap of
+    ``MODEL.DENSE.ECS.CENTRE_SIGMA`` (EfficientCellSeg segmentation + heatmap networks)."""
+    sigma = float(cfg.MODEL.DENSE.ECS.CENTRE_SIGMA)
+
+    def target(labels: np.ndarray, dilation: int | None = None) -> np.ndarray:
+        return np.dstack([foreground_target(labels).astype(np.float32), centre_heatmap(labels, sigma)])
+
+    return target
+
+
 def build_target(cfg: CfgNode) -> Callable[..., np.ndarray]:
     """The target callable named by ``cfg.MODEL.DENSE.TARGET``."""
     return TARGET_REGISTRY.get(cfg.MODEL.DENSE.TARGET)(cfg)

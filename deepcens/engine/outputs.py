@@ -11,6 +11,7 @@ import os
 from typing import Mapping
 
 import numpy as np
+import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
@@ -53,16 +54,21 @@ def write_overlays(cfg: CfgNode, dataset_name: str, output_dir: str, count: int,
     return written
 
 
-def finish_run(cfg: CfgNode, results: Mapping) -> str:
-    """Write reports and overlays into ``cfg.OUTPUT_DIR`` and return the console summary table."""
+def finish_run(cfg: CfgNode, results: Mapping, model: torch.nn.Module | None = None) -> str:
+    """Write reports and overlays into ``cfg.OUTPUT_DIR`` and return the console summary table
+    (with the model's parameter count for PESEG when ``model`` is given)."""
     from deepcens.evaluation import format_summary_table, write_reports
+    from deepcens.evaluation.reports import add_parameter_efficiency
 
     if not comm.is_main_process() or not results:
         return ""
     # with one test set DefaultTrainer.test returns its metrics unnested: name the row
     single_name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) == 1 else None
-    write_reports(results, cfg.OUTPUT_DIR, dataset_name=single_name)
+    num_parameters = sum(p.numel() for p in model.parameters()) if model is not None else None  # for PESEG
+    write_reports(results, cfg.OUTPUT_DIR, dataset_name=single_name, num_parameters=num_parameters)
     if cfg.RUN.OUTPUT_OVERLAYS > 0 and len(cfg.DATASETS.TEST):
         paths = write_overlays(cfg, cfg.DATASETS.TEST[0], cfg.OUTPUT_DIR, cfg.RUN.OUTPUT_OVERLAYS)
         logger.info(f"Wrote {len(paths)} overlay PNGs under {os.path.join(cfg.OUTPUT_DIR, 'overlays')}")
+    if num_parameters:  # already normalised by dataset name
+        return format_summary_table(add_parameter_efficiency(results, num_parameters, single_name))
     return format_summary_table(results, dataset_name=single_name)

@@ -36,6 +36,10 @@ def cosine_warm_restarts(restarts: Sequence[int], max_iter: int, end_value: floa
 
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
     """The scheduler named by ``cfg.SOLVER.LR_SCHEDULER_NAME``."""
+    if cfg.SOLVER.LR_SCHEDULER_NAME == "ReduceLROnPlateau":
+        from deepcens.engine.plateau import build_plateau_scheduler
+
+        return build_plateau_scheduler(cfg, optimizer)
     if cfg.SOLVER.LR_SCHEDULER_NAME != "CosineWarmRestarts":
         return build_detectron2_lr_scheduler(cfg, optimizer)
     max_iter = cfg.SOLVER.MAX_ITER

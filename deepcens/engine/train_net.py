@@ -92,7 +92,8 @@ def main(args: argparse.Namespace):
         # the end-of-training eval hook scored DATASETS.VAL when set: score the test sets too
         if (len(cfg.DATASETS.VAL) and tuple(cfg.DATASETS.VAL) != tuple(cfg.DATASETS.TEST)) or not results:
             results = Trainer.test(cfg, trainer.model)
-    summary = finish_run(cfg, results)
+        model = trainer.model
+    summary = finish_run(cfg, results, model)
     if summary:
         print(summary, flush=True)
         print(f"outputs in {os.path.abspath(cfg.OUTPUT_DIR)}", flush=True)

@@ -3,7 +3,8 @@
 * instance table (DeepCeNS paper Tables I-III): one row per dataset / EVICAN difficulty level,
   Det. (bbox) and Seg. (segm) columns mAP, mAP50, mAP75, mAPs, mAPm, mAPl and AP per class
   (COCO AP in percent);
-* CTC table (NAS paper Table 2): OP_CSB, SEG, DET (0..1) per dataset, CTC dataset and sequence.
+* CTC table (NAS paper Table 2): OP_CSB, SEG, DET (0..1) per dataset, CTC dataset and sequence,
+  plus PESEG (EfficientCellSeg paper Table 3) and the parameter count when the model is known.
 """
 from __future__ import annotations
 
@@ -90,20 +91,44 @@ def instance_table(results: Mapping) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def add_parameter_efficiency(results: Mapping, num_parameters: int, dataset_name: str | None = None) -> dict[str, dict]:
+    """Normalised results with PESEG = SEG / N * 1e6 (EfficientCellSeg paper, Sec. 3.3; N = model
+    parameters) beside every SEG of the CTC results, and ``num_parameters`` in each CTC dict."""
+    results = normalize_results(results, dataset_name)
+    if num_parameters <= 0:
+        raise ValueError(f"num_parameters must be positive, got {num_parameters}")
+    out = {}
+    for name, value in results.items():
+        value = dict(value)
+        if value.get("ctc"):
+            ctc = dict(value["ctc"])
+            for key in [k for k in ctc if k == "SEG" or k.startswith("SEG-")]:
+                ctc["PE" + key] = ctc[key] / num_parameters * 1e6
+            ctc["num_parameters"] = int(num_parameters)
+            value["ctc"] = ctc
+        out[name] = value
+    return out
+
+
 def ctc_table(results: Mapping) -> tuple[list[str], list[list]]:
-    """Header and rows of the OP_CSB / SEG / DET table: each dataset, then its CTC datasets
-    (``dataset > ctc_dataset``) and sequences (``dataset > ctc_dataset/sequence``)."""
+    """Header and rows of the OP_CSB / SEG / DET (+ PESEG, parameters when known) table: each
+    dataset, then its CTC datasets (``dataset > ctc_dataset``) and sequences
+    (``dataset > ctc_dataset/sequence``)."""
     results = normalize_results(results)
-    header = ["dataset"] + CTC_COLUMNS
+    columns = list(CTC_COLUMNS)
+    if any("PESEG" in (value.get("ctc") or {}) for value in results.values()):
+        columns.append("PESEG")
+    header = ["dataset"] + columns + (["parameters"] if "PESEG" in columns else [])
     rows = []
     for name, value in results.items():
         ctc = value.get("ctc")
         if not ctc:
             continue
-        rows.append([name] + [ctc.get(k, math.nan) for k in CTC_COLUMNS])
+        extra = [ctc.get("num_parameters", "")] if "PESEG" in columns else []
+        rows.append([name] + [ctc.get(k, math.nan) for k in columns] + extra)
         groups = sorted({key.split("-", 1)[1] for key in ctc if key.startswith("SEG-")})
         for group in groups:
-            rows.append([f"{name} > {group}"] + [ctc.get(f"{k}-{group}", math.nan) for k in CTC_COLUMNS])
+            rows.append([f"{name} > {group}"] + [ctc.get(f"{k}-{group}", math.nan) for k in columns] + extra)
     return header, rows
 
 
@@ -149,13 +174,17 @@ def _csv_text(header: list[str], rows: list[list]) -> str:
     return buffer.getvalue()
 
 
-def write_reports(results: Mapping, output_dir: str | os.PathLike, dataset_name: str | None = None) -> dict[str, str]:
+def write_reports(results: Mapping, output_dir: str | os.PathLike, dataset_name: str | None = None,
+                  num_parameters: int | None = None) -> dict[str, str]:
     """Write ``evaluation.json``, ``evaluation.md``, ``evaluation_instance.csv`` and
     ``evaluation_ctc.csv`` into ``output_dir`` atomically; returns {kind: path}.
-    ``dataset_name`` names the dataset when ``results`` is a single dataset's dict."""
+    ``dataset_name`` names the dataset when ``results`` is a single dataset's dict;
+    ``num_parameters`` (the model's) adds PESEG to the CTC results and the table."""
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     normalized = normalize_results(results, dataset_name)
+    if num_parameters:
+        normalized = add_parameter_efficiency(normalized, num_parameters)
     inst_header, inst_rows = instance_table(normalized)
     ctc_header, ctc_rows = ctc_table(normalized)
     paths = {
@@ -167,6 +196,7 @@ def write_reports(results: Mapping, output_dir: str | os.PathLike, dataset_name:
     atomic_save_json(paths["json"], clean_json({
         "results": normalized,
         "difficulty": {name: dataset_difficulty(name) for name in normalized},
+        "num_parameters": num_parameters,
         "tables": {
             "instance": {"header": inst_header, "rows": inst_rows},
             "ctc": {"header": ctc_header, "rows": ctc_rows},
@@ -177,7 +207,8 @@ def write_reports(results: Mapping, output_dir: str | os.PathLike, dataset_name:
         markdown += ["## COCO AP (%) — Det. (bbox) and Seg. (segm), maxDets = TEST.DETECTIONS_PER_IMAGE", "",
                      _markdown(inst_header, inst_rows, 2), ""]
     if ctc_rows:
-        markdown += ["## Cell Tracking Challenge measures (OP_CSB = (SEG + DET) / 2)", "",
+        markdown += ["## Cell Tracking Challenge measures (OP_CSB = (SEG + DET) / 2"
+                     + (", PESEG = SEG / parameters x 1e6)" if num_parameters else ")"), "",
                      _markdown(ctc_header, ctc_rows, 4), ""]
     if not inst_rows and not ctc_rows:
         markdown += ["(no results)", ""]

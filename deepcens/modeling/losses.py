@@ -114,6 +114,66 @@ def cross_entropy(cfg: CfgNode) -> XBNetLoss:
     return XBNetLoss(tuple(d.CLASS_WEIGHTS), 0.0, d.IGNORE_VALUE)
 
 
+def soft_dice_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Dice loss of Milletari et al. (V-Net) on sigmoid probabilities, pooled over the batch:
+    ``1 - (2 sum(p t) + s) / (sum(p^2) + sum(t^2) + s)`` over the ``valid`` pixels."""
+    probabilities = torch.sigmoid(logits.float()) * valid
+    targets = targets.float() * valid
+    intersection = (probabilities * targets).sum()
+    denominator = (probabilities * probabilities).sum() + (targets * targets).sum()
+    return 1.0 - (2.0 * intersection + smooth) / (denominator + smooth)
+
+
+class EfficientCellSegLoss(nn.Module):
+    """Dice loss on channel 0 (segmentation network) and, with ``focal``, the sigmoid focal loss of
+    Lin et al. (torchvision) on channel 1 (centre-heatmap network), averaged over labelled pixels.
+
+    Targets are ``(B, H, W)`` (foreground only) or ``(B, C, H, W)`` floats; ``ignore_value`` marks
+    pixels that count nowhere.
+    """
+
+    def __init__(self, focal: bool, smooth: float = 1.0, alpha: float = 0.25, gamma: float = 2.0,
+                 ignore_value: int = 255):
+        super().__init__()
+        self.focal, self.smooth, self.alpha, self.gamma = bool(focal), float(smooth), float(alpha), float(gamma)
+        self.ignore_value = float(ignore_value)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        from torchvision.ops import sigmoid_focal_loss
+
+        if targets.dim() == 3:
+            targets = targets.unsqueeze(1)
+        needed = 2 if self.focal else 1
+        if logits.shape[1] < needed or targets.shape[1] < needed:
+            raise ValueError(f"loss needs {needed} output / target channel(s), got {logits.shape[1]} / {targets.shape[1]}")
+        targets = targets.to(logits.device, torch.float32)
+        valid = targets != self.ignore_value
+        losses = {"loss_dice": soft_dice_loss(logits[:, 0], targets[:, 0], valid[:, 0], self.smooth)}
+        if self.focal:
+            mask = valid[:, 1]
+            if bool(mask.any()):
+                focal = sigmoid_focal_loss(logits[:, 1].float()[mask], targets[:, 1][mask], self.alpha, self.gamma,
+                                           reduction="mean")
+            else:
+                focal = logits.sum() * 0.0
+            losses["loss_focal"] = focal
+        return losses
+
+
+@DENSE_LOSS_REGISTRY.register()
+def dice(cfg: CfgNode) -> EfficientCellSegLoss:
+    """EfficientCellSeg segmentation: Dice loss (``MODEL.DENSE.ECS.DICE_SMOOTH``)."""
+    e = cfg.MODEL.DENSE.ECS
+    return EfficientCellSegLoss(False, e.DICE_SMOOTH, ignore_value=cfg.MODEL.DENSE.IGNORE_VALUE)
+
+
+@DENSE_LOSS_REGISTRY.register()
+def dice_focal(cfg: CfgNode) -> EfficientCellSegLoss:
+    """EfficientCellSeg segmentation + centre heatmap: Dice loss and focal loss (``FOCAL_ALPHA`` / ``GAMMA``)."""
+    e = cfg.MODEL.DENSE.ECS
+    return EfficientCellSegLoss(True, e.DICE_SMOOTH, e.FOCAL_ALPHA, e.FOCAL_GAMMA, cfg.MODEL.DENSE.IGNORE_VALUE)
+
+
 def build_dense_loss(cfg: CfgNode) -> nn.Module:
     """The loss named by ``cfg.MODEL.DENSE.LOSS``."""
     return DENSE_LOSS_REGISTRY.get(cfg.MODEL.DENSE.LOSS)(cfg)

@@ -12,6 +12,7 @@ from deepcens.errors import DeepcensInputError
 from deepcens.postprocess.instances import instances_to_label_image
 from deepcens.predict.inputs import Page, Source, collect_inputs
 from deepcens.predict.predictor import Predictor, check_tiling
+from deepcens.predict import volumes
 from deepcens.predict.reading import PageReader, source_intensity_range
 from deepcens.predict.run_folder import command_line, run_folder
 from deepcens.predict.writers import SourceWriter, SummaryTable, class_names_for, coco_results
@@ -100,11 +101,18 @@ def _run(predictor: Predictor, writers: list[SourceWriter], folder, names: list[
     summary = SummaryTable(names)
     coco: list[dict] = []
     bad_pages: dict[str, str] | None = {} if skipped is not None else None
+    done = 0
+    if volumes.decodes_volumes(predictor):  # 3D stacks: one 3D label TIFF per volume
+        volume_writers = [w for w in writers if volumes.is_volume_source(w.source)]
+        for writer in volume_writers:
+            done += volumes.predict_volume_source(predictor, writer, folder.save, summary, mask_threshold)
+            writer.finish(folder.save, reader)
+        writers = [w for w in writers if all(w is not v for v in volume_writers)]
+    with_context = volumes.needs_context(predictor)
     ranges = {id(w.source): source_intensity_range(w.source, reader, bad_pages) for w in writers}
     by_source = {id(w.source): w for w in writers}
     total = sum(len(w.source.pages) for w in writers)
     image_id = 0
-    done = 0
     with tqdm(total=total, desc="predict", unit="img", disable=(None if progress is None else not progress)) as bar:
         for batch in _batched_pages([w.source for w in writers], batch_size):
             readable = []
@@ -126,8 +134,14 @@ def _run(predictor: Predictor, writers: list[SourceWriter], folder, names: list[
                 source = readable[start][0]
                 extra = {"intensity_range": ranges[id(source)]} if ranges[id(source)] else None
                 chunk = readable[start:stop]
-                results = predictor([image for _, _, image in chunk], [page.label for _, page, _ in chunk],
-                                    batch_size, extra)
+                if with_context:  # neighbouring pages of the same source, one image at a time
+                    results = []
+                    for _, page, image in chunk:
+                        context = volumes.page_context(source.pages, source.pages.index(page), reader)
+                        results.extend(predictor([image], [page.label], 1, dict(extra or {}, context_images=context)))
+                else:
+                    results = predictor([image for _, _, image in chunk], [page.label for _, page, _ in chunk],
+                                        batch_size, extra)
                 for (source, page, image), all_instances in zip(chunk, results):
                     writer = by_source[id(source)]
                     if coco_json:

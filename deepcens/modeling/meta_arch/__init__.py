@@ -2,3 +2,4 @@
 from deepcens.modeling.meta_arch.dense import DenseSegmentor  # noqa: F401  (registration)
 from deepcens.modeling.meta_arch.rcnn import CompactMaskRCNN  # noqa: F401  (registration)
 from deepcens.modeling.meta_arch.marker import MarkerSegmentor  # noqa: F401  (registration)
+from deepcens.modeling.meta_arch.efficientcellseg import EfficientCellSegSegmentor  # noqa: F401  (registration)
