@@ -39,7 +39,15 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def command_parser(name: str):
     """``(module, parser)`` of one command; imports only that command's module."""
-    module = importlib.import_module(COMMANDS[name][0])
+    module_name = COMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and module_name.startswith(error.name):
+            from deepcens.errors import DeepcensInputError
+
+            raise DeepcensInputError(None, f"command {name!r} is not in this installation ({module_name} missing)") from None
+        raise
     parser = argparse.ArgumentParser(prog=f"deepcens {name}", description=module.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)

@@ -32,7 +32,7 @@ class DeepcensInputError(ValueError):
                 lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
                 last = lines[-1] if lines else ""
                 message = last.partition(_ORIGIN_MARK)[2] or last
-            self.path, self.problem = None, message
+            self.path, self.problem = _split_path(message)
             super().__init__(message)
             return
         self.path = None if path is None else os.fspath(path)
@@ -41,6 +41,18 @@ class DeepcensInputError(ValueError):
 
     def __reduce__(self):
         return (_rebuild_input_error, (self.path, self.problem))
+
+
+def _split_path(message: str) -> tuple[str | None, str]:
+    """``"path: problem"`` -> (path, problem) when the part before a ``": "`` names an existing
+    file or folder (paths may hold ``": "`` themselves: the longest such prefix wins)."""
+    position = len(message)
+    while True:
+        position = message.rfind(": ", 0, position)
+        if position <= 0:
+            return None, message
+        if os.path.exists(message[:position]):
+            return message[:position], message[position + 2:]
 
 
 def _rebuild_input_error(path: str | None, problem: str) -> DeepcensInputError:

@@ -1,12 +1,12 @@
 """The visual evaluation report (``deepcens report``; training curves are :mod:`deepcens.plots`).
 
 :func:`build_report` turns an evaluated run folder (``evaluation.json`` / ``evaluation.md``
-  from :func:`deepcens.evaluation.write_reports`, and per dataset
-  ``inference/<dataset>/per_image.json`` + ``coco_instances_results.json`` from the
-  ``CellEvaluator``) into ``report.html`` and ``report.md``: the metric tables, then per dataset
-  (EVICAN difficulty order) a grid of image | ground truth | prediction panels, best and worst
-  images first (the paper's Figs. 3 and 4). Predictions are read back from the saved results,
-  so no model runs.
+from :func:`deepcens.evaluation.write_reports`, and per dataset
+``inference/<dataset>/per_image.json`` + ``coco_instances_results.json`` from the
+``CellEvaluator``) into ``report.html`` and ``report.md``: the metric tables, then per dataset
+(EVICAN difficulty order) a grid of image | ground truth | prediction panels, best and worst
+images first (the paper's Figs. 3 and 4). Predictions are read back from the saved results,
+so no model runs.
 """
 from __future__ import annotations
 

@@ -154,8 +154,8 @@ def test_intensity_range_cached_and_never_written_into_data(tmp_path, monkeypatc
     seq_dir = str(data / "Fake-2D" / "01")
     before = sorted(os.listdir(seq_dir))
     calls = []
-    real_read = ctc._read_tif
-    monkeypatch.setattr(ctc, "_read_tif", lambda p: calls.append(p) or real_read(p))
+    real_read = ctc.read_volume
+    monkeypatch.setattr(ctc, "read_volume", lambda p: calls.append(p) or real_read(p))
     assert ctc.sequence_intensity_range(seq_dir) == (100.0, 650.0)
     first = len(calls)
     assert first == 6 and ctc.sequence_intensity_range(seq_dir) == (100.0, 650.0) and len(calls) == first
@@ -262,7 +262,7 @@ def test_unreadable_or_wrong_kind_files_are_reported(tmp_path):
         _load(tmp_path)
     make_ctc_tree(tmp_path)
     (tmp_path / "Fake-2D" / "01" / "t003.tif").write_bytes(b"not a tiff")
-    with pytest.raises(DeepcensInputError, match="t003.tif: cannot decode TIFF"):
+    with pytest.raises(DeepcensInputError, match="t003.tif: cannot decode"):
         _load(tmp_path)
     make_ctc_tree(tmp_path)
     tifffile.imwrite(tmp_path / "Fake-2D" / "01" / "t000.tif", np.zeros((24, 20, 3), np.uint8))

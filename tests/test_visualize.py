@@ -188,3 +188,31 @@ def test_report_cli_bad_folder(tmp_path, capsys):
     assert "evaluation folder not found" in capsys.readouterr().err
     assert _report_main([str(tmp_path)]) == 2
     assert "neither evaluation.json nor any per_image.json" in capsys.readouterr().err
+
+
+def test_training_overlays_are_drawn_from_saved_predictions(tmp_path):
+    """End-of-training overlays read the evaluator's coco_instances_results.json: no model runs."""
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from deepcens.config import add_deepcens_config
+    from deepcens.engine.outputs import write_overlays
+
+    cv2.imwrite(str(tmp_path / "img.png"), np.full((40, 40), 90, np.uint8))
+    name = "test_visualize_saved_overlays"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: [{"file_name": str(tmp_path / "img.png"), "image_id": 7,
+                                                "height": 40, "width": 40}])
+        MetadataCatalog.get(name).set(thing_classes=["cell"])
+    folder = tmp_path / "inference" / name
+    folder.mkdir(parents=True)
+    square = [[5.0, 5.0, 25.0, 5.0, 25.0, 25.0, 5.0, 25.0]]
+    (folder / "coco_instances_results.json").write_text(json.dumps(
+        [{"image_id": 7, "category_id": 0, "score": 0.9, "segmentation": square},
+         {"image_id": 8, "category_id": 0, "score": 0.9, "segmentation": square}]))  # an image beyond --count
+    cfg = get_cfg()
+    add_deepcens_config(cfg)
+    paths = write_overlays(cfg, name, str(tmp_path), count=1)
+    assert [os.path.basename(p) for p in paths] == [f"{name}_img.png"]
+    drawing = cv2.imread(paths[0])
+    assert drawing is not None and (drawing.std(axis=2) > 20).any()  # a coloured contour was drawn

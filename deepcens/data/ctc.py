@@ -28,11 +28,10 @@ import re
 from typing import Iterable, Sequence
 
 import numpy as np
-import tifffile
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from deepcens.data.ctc_files import check_tra_frames, frame_files, match_frame
-from deepcens.data.io import intensity_range
+from deepcens.data.io import intensity_range, read_volume, read_volume_labels, tiff_shape
 from deepcens.errors import DeepcensInputError
 from deepcens.utils.atomic import atomic_save_json
 
@@ -63,11 +62,7 @@ def _folder_signature(folder: str) -> tuple:
 
 
 def _tif_shape(path: str) -> tuple[int, ...]:
-    try:
-        with tifffile.TiffFile(path) as tif:
-            shape = tuple(int(s) for s in tif.series[0].shape)
-    except Exception as exc:  # tifffile raises many types on broken files
-        raise DeepcensInputError(path, f"cannot read TIFF header ({type(exc).__name__}: {exc})") from None
+    shape = tiff_shape(path)
     shape = tuple(s for s in shape if s != 1) or shape[-2:]
     if len(shape) not in (2, 3):
         raise DeepcensInputError(path, f"expected a 2D image or a 3D stack, got shape {shape}")
@@ -75,29 +70,6 @@ def _tif_shape(path: str) -> tuple[int, ...]:
         raise DeepcensInputError(path, f"expected a grayscale image or stack, got shape {shape} (colour channels?)")
     return shape
 
-
-def _read_tif(path: str) -> np.ndarray:
-    if not os.path.isfile(path):
-        raise DeepcensInputError(path, "file not found")
-    try:
-        array = tifffile.imread(path)
-    except Exception as exc:
-        raise DeepcensInputError(path, f"cannot decode TIFF ({type(exc).__name__}: {exc})") from None
-    array = np.asarray(array)
-    squeezed = np.squeeze(array)
-    if squeezed.ndim not in (2, 3):
-        raise DeepcensInputError(path, f"expected a 2D image or a 3D stack, got shape {array.shape}")
-    return squeezed
-
-
-def _read_label_tif(path: str) -> np.ndarray:
-    """A SEG / TRA label file: non-negative integers."""
-    labels = _read_tif(path)
-    if labels.dtype.kind not in "ui":
-        raise DeepcensInputError(path, f"label image must hold integers, got {labels.dtype}")
-    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
-        raise DeepcensInputError(path, "label image has negative labels")
-    return labels
 
 
 def parse_track_file(path: str) -> np.ndarray:
@@ -179,7 +151,7 @@ def _validated_tracks(tra_dir: str, num_frames: int, frame_shape: tuple, signatu
     files = frame_files(tra_dir, "tra")
     check_tra_frames(tra_dir, files, num_frames)
     for frame, path in files.items():
-        markers = _read_label_tif(path)
+        markers = read_volume_labels(path)
         if tuple(markers.shape) != tuple(frame_shape):
             raise DeepcensInputError(path, f"marker image shape {markers.shape} differs from image shape {frame_shape}")
         present = _present_labels(markers)
@@ -194,7 +166,7 @@ def _validated_tracks(tra_dir: str, num_frames: int, frame_shape: tuple, signatu
                 problem.append(f"tracks {absent} listed alive at frame {frame} have no marker")
             raise DeepcensInputError(path, "track file disagrees with the markers: " + "; ".join(problem))
         for z, seg_path in gt_by_frame.get(frame, ()):
-            seg = _read_label_tif(seg_path)
+            seg = read_volume_labels(seg_path)
             planes = [(z, markers[z] if z is not None else markers, seg)] if (z is not None or seg.ndim == 2) else \
                 [(plane, markers[plane], seg[plane]) for plane in range(seg.shape[0])]
             for plane, marker_plane, seg_plane in planes:
@@ -284,7 +256,7 @@ def _intensity_range(seq_dir: str, signature: tuple) -> tuple[float, float]:
             cached = {}
         if key in cached:
             return tuple(cached[key])
-    low, high = intensity_range(_read_tif(path) for path in frame_files(seq_dir, "frame").values())
+    low, high = intensity_range(read_volume(path) for path in frame_files(seq_dir, "frame").values())
     if cache_file:
         cached[key] = [low, high]
         atomic_save_json(cache_file, cached)
@@ -424,7 +396,7 @@ def _plane(array: np.ndarray, index: int | None, path: str) -> np.ndarray:
 def read_ctc_image(dataset_dict: dict) -> np.ndarray:
     """The frame (or slice) as float32 ``(H, W)`` normalised by the sequence min/max to [0, 1]."""
     path = dataset_dict["file_name"]
-    image = _plane(_read_tif(path), dataset_dict.get("slice"), path).astype(np.float32)
+    image = _plane(read_volume(path), dataset_dict.get("slice"), path).astype(np.float32)
     low, high = dataset_dict.get("intensity_range") or (float(image.min()), float(image.max()))
     return (image - np.float32(low)) / np.float32(max(high - low, 1e-6))
 
@@ -432,7 +404,7 @@ def read_ctc_image(dataset_dict: dict) -> np.ndarray:
 def _read_label_plane(path: str | None, index: int | None, shape: tuple[int, int]) -> np.ndarray | None:
     if path is None:
         return None
-    labels = _plane(_read_label_tif(path), index, path)
+    labels = _plane(read_volume_labels(path), index, path)
     if tuple(labels.shape) != tuple(shape):
         raise DeepcensInputError(path, f"label size {labels.shape} differs from image size {shape}")
     return labels.astype(np.int32)

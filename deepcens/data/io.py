@@ -4,8 +4,9 @@ One place for pixel IO: every dataset, mapper, writer and tool reads and encodes
 here, so bad files give the same clear :class:`~deepcens.errors.DeepcensInputError`
 everywhere and every written image has the same encoding (cellpose's ``io.py`` is the model).
 
-- readers: :func:`read_image`, :func:`read_stack`, :func:`read_label`, :func:`read_json`,
-  :func:`tiff_page_count`, :func:`iter_image_files`;
+- readers: :func:`read_image`, :func:`read_stack`, :func:`read_label`, :func:`read_volume`,
+  :func:`read_volume_labels`, :func:`read_json`, :func:`tiff_page_count`, :func:`tiff_shape`,
+  :func:`iter_image_files`;
 - encoders / writers (atomic): :func:`encode_png`, :func:`encode_tiff`, :func:`write_png`,
   :func:`write_label_tiff`;
 - :func:`intensity_range`: the (min, max) over the frames of a sequence or stack, which the
@@ -151,6 +152,36 @@ def read_stack(path: str | os.PathLike) -> np.ndarray:
     if array.ndim in (3, 4):
         return array
     raise DeepcensInputError(path, f"unsupported image shape {array.shape}")
+
+
+def tiff_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """Shape of a TIFF's first series from its header, without reading pixels."""
+    path = os.fspath(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tuple(int(s) for s in tif.series[0].shape)
+    except Exception as exc:  # tifffile raises many types on broken files
+        raise DeepcensInputError(path, f"cannot read TIFF header ({type(exc).__name__}: {_one_line(exc)})") from None
+
+
+def read_volume(path: str | os.PathLike) -> np.ndarray:
+    """A 2D image or a 3D stack, native dtype, singleton axes squeezed (CTC frames of 2D or 3D data)."""
+    path = os.fspath(path)
+    array, _ = _read_raw(path)
+    squeezed = np.squeeze(array)
+    if squeezed.ndim not in (2, 3):
+        raise DeepcensInputError(path, f"expected a 2D image or a 3D stack, got shape {array.shape}")
+    return squeezed
+
+
+def read_volume_labels(path: str | os.PathLike) -> np.ndarray:
+    """A 2D or 3D label file (CTC ``man_seg`` / ``man_track`` / ``mask``): non-negative integers."""
+    labels = read_volume(path)
+    if labels.dtype.kind not in "ui":
+        raise DeepcensInputError(path, f"label image must hold integers, got {labels.dtype}")
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+        raise DeepcensInputError(path, "label image has negative labels")
+    return labels
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

@@ -35,6 +35,23 @@ logger = logging.getLogger("deepcens")
 ALLOW_RANDOM_OPTION = "--allow-random-weights"
 
 
+class _NoInputErrorTraceback(logging.Filter):
+    """Drops log records carrying a ``DeepcensInputError`` traceback (detectron2's trainer logs
+    "Exception during training:" with the whole traceback); the tool prints the one-line error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], DeepcensInputError))
+
+
+def keep_input_error_tracebacks_off_the_console() -> None:
+    """Add :class:`_NoInputErrorTraceback` to the console handlers (log.txt keeps the traceback)."""
+    for name in ("detectron2", "d2", "deepcens", "fvcore"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) and not any(
+                    isinstance(f, _NoInputErrorTraceback) for f in handler.filters):
+                handler.addFilter(_NoInputErrorTraceback())
+
+
 def setup(args: argparse.Namespace):
     """Config from file + options, logging, dataset registration (and synthetic data on first use)."""
     cfg = load_config(args.config_file, args.opts)
@@ -43,6 +60,7 @@ def setup(args: argparse.Namespace):
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="fvcore")
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=rank, name="deepcens")
+    keep_input_error_tracebacks_off_the_console()
     if cfg.RUN.CONSOLE == "progress":
         quiet_console()
     default_setup(cfg, args)
