@@ -339,6 +339,15 @@ def check_launch_options(args: argparse.Namespace) -> None:
         raise DeepcensInputError(None, f"--machine-rank must be in 0 .. {args.num_machines - 1}")
     if args.num_machines > 1 and args.dist_url == "auto":
         raise DeepcensInputError(None, "--num-machines > 1 needs --dist-url tcp://HOST:PORT of machine 0")
+    if args.num_gpus > 1 and args.device and args.device.startswith("cuda:"):
+        raise DeepcensInputError(None, f"--device {args.device} would put every process on one GPU; give --device "
+                                 "cuda (process N uses GPU N)")
+    if args.num_gpus * args.num_machines > 1:
+        import torch
+
+        if torch.cuda.is_available() and args.num_gpus > torch.cuda.device_count():
+            raise DeepcensInputError(None, f"--num-gpus {args.num_gpus} but this machine has "
+                                     f"{torch.cuda.device_count()} GPU(s)")
 
 
 def predict_worker(args: argparse.Namespace, local_processes: int) -> None:
@@ -351,13 +360,16 @@ def predict_worker(args: argparse.Namespace, local_processes: int) -> None:
     def stop(signum, frame):
         raise SystemExit(f"stopped by signal {signum}")
 
-    if comm.is_main_process():  # launch ends the others when one process fails: process 0 marks the run incomplete
+    if comm.is_main_process():  # launch ends the others when one fails: process 0 marks the run incomplete
         signal.signal(signal.SIGTERM, stop)
     if not torch.cuda.is_available():  # CPU processes share the cores
         torch.set_num_threads(max(1, torch.get_num_threads() // local_processes))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    result = run_predict(args)
+    try:
+        result = run_predict(args)
+    except KeyboardInterrupt:  # Ctrl-C reaches every process; the launching one says "interrupted"
+        raise SystemExit(130) from None
     if comm.is_main_process():
         print_result(result)
         sys.stdout.flush()
