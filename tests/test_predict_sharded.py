@@ -199,6 +199,7 @@ def test_launch_options_are_checked(model, images, tmp_path, capsys):
     for extra, message in ((["--num-gpus", "0"], "--num-gpus"),
                            (["--num-machines", "2"], "--dist-url"),
                            (["--num-machines", "2", "--machine-rank", "2", "--dist-url", "tcp://h:1"],
-                            "--machine-rank")):
+                            "--machine-rank"),
+                           (["--num-gpus", "2", "--device", "cuda:1"], "every process on one GPU")):
         assert main(arguments(model, images, tmp_path / "o", *extra)) == 2
         assert message in capsys.readouterr().err
