@@ -17,6 +17,9 @@ may separate them). Outputs under ``--output``:
 
 The run never writes over an input or a file it did not create, locks the folder against a
 second run, and marks itself incomplete if stopped. All files are written atomically.
+``--num-gpus N`` (with ``--num-machines``, ``--machine-rank``, ``--dist-url``) shares the
+inputs among N processes per machine (GPUs, or CPU processes); ``--skip-existing`` resumes a
+stopped run (:mod:`deepcens.predict.sharded`).
 """
 from __future__ import annotations
 
