@@ -203,3 +203,15 @@ def test_launch_options_are_checked(model, images, tmp_path, capsys):
                            (["--num-gpus", "2", "--device", "cuda:1"], "every process on one GPU")):
         assert main(arguments(model, images, tmp_path / "o", *extra)) == 2
         assert message in capsys.readouterr().err
+
+
+def test_the_command_writes_what_the_python_predict_writes(model, images, one_process, tmp_path):
+    """The command (journals, merge by process 0) and ``deepcens.predict.predict`` agree."""
+    from deepcens.engine.setup import load_config
+    from deepcens.predict import predict
+
+    config, weights = model
+    output = tmp_path / "python"
+    predict(load_config(config, ["MODEL.WEIGHTS", weights]), [images], str(output), coco_json=True,
+            score_threshold=0.05, progress=False)
+    assert_same_outputs(one_process, output)
