@@ -358,7 +358,7 @@ def predict_worker(args: argparse.Namespace, local_processes: int) -> None:
     from deepcens.predict.cli import print_result, run_predict
 
     def stop(signum, frame):
-        raise SystemExit(f"stopped by signal {signum}")
+        raise SystemExit(f"stopped (signal {signum}): another process of the run failed or was stopped")
 
     if comm.is_main_process():  # launch ends the others when one fails: process 0 marks the run incomplete
         signal.signal(signal.SIGTERM, stop)
@@ -387,6 +387,12 @@ def launch_predict(args: argparse.Namespace) -> int:
     from deepcens.engine.setup import load_config
     from deepcens.predict.cli import config_options
 
+    # what every process would refuse is said once, before any process starts
+    check_options(args.batch_size, args.score_threshold, args.tile_size, args.tile_overlap)
+    collect_inputs(args.input, args.frames or None, [] if args.skip_bad else None)
+    probe = RunFolder(args.output)
+    probe.lock()
+    probe.unlock()
     timeout = dist_timeout(load_config(args.config_file, config_options(args.opts)))
     return launch_reporting_errors(predict_worker, args.num_gpus, num_machines=args.num_machines,
                                    machine_rank=args.machine_rank, dist_url=args.dist_url,
