@@ -10,6 +10,7 @@ quiet_third_party_noise()  # before torch / detectron2 are imported below
 
 from deepcens.config import add_deepcens_config  # noqa: E402
 from deepcens import data, modeling, postprocess, evaluation, engine  # noqa: E402,F401  (registrations)
+from deepcens import tracking  # noqa: E402,F401  (tracker registrations)
 
 __all__ = ["add_deepcens_config"]
 __version__ = "0.1.0"

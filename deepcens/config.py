@@ -19,8 +19,10 @@ def add_deepcens_config(cfg: CN) -> None:
     _add_evaluation_config(cfg)
     _add_reliability_config(cfg)
     _add_output_config(cfg)
+    _add_tracking_config(cfg)
     _add_user_data_config(cfg)
-    _add_plugin_config(cfg)
+    _add_nas_unet_config(cfg)
+    _add_plugin_config(cfg)  # last: plugin keys may build on everything above
 
 
 def _add_input_config(cfg: CN) -> None:
@@ -98,6 +100,7 @@ def _add_dense_config(cfg: CN) -> None:
     cfg.MODEL.DENSE.TARGET_DILATION = 2  # dilation iterations making the cell-background boundary (paper: 2 in 2D, 5 for 3D slices; CTC dicts carry their own)
     cfg.MODEL.DENSE.TARGET_EROSION = 2  # erosion iterations / window half-size making cell-cell boundaries (paper: 2)
     cfg.MODEL.DENSE.MIN_OBJECT_SIZE = 20  # decoder: connected components smaller than this (pixels) are dropped
+    cfg.MODEL.DENSE.MIN_SCORE = 0.0  # decoder: objects whose mean cell probability is below this are dropped (0 = keep all, paper)
     cfg.MODEL.DENSE.MAX_HOLE_SIZE = 20  # decoder: holes up to this area (pixels) inside a component are filled
     cfg.MODEL.DENSE.GROW_INTO_BOUNDARY = 0  # decoder: grow components into boundary-class pixels by up to this many pixels (0 = off, paper)
     cfg.MODEL.DENSE.POSTPROCESS_PER_DATASET = []  # decoder overrides, "dataset:min_size:max_hole" strings (dataset = registered name or ctc_dataset)
@@ -135,6 +138,15 @@ def _add_dense_config(cfg: CN) -> None:
     cfg.INPUT.DENSE.CONTEXT_PAD = 8  # reflection padding around training crops, loss ignored there (paper: 8; 16 for 6 stages)
     cfg.INPUT.DENSE.FLIP = True  # random horizontal / vertical flips in training
     cfg.INPUT.DENSE.ROTATE_90 = True  # random 90-degree rotations in training
+    cfg.INPUT.DENSE.NORMALIZATION = "sequence_minmax"  # sequence_minmax (XB-Net paper) | frame_percentile (INPUT.INTENSITY_PERCENTILES of each frame -> [0, 1])
+    cfg.INPUT.DENSE.AUGMENT = CN()
+    cfg.INPUT.DENSE.AUGMENT.PROBABILITY = 0.0  # chance of each augmentation below per training sample (0 = none, as the paper)
+    cfg.INPUT.DENSE.AUGMENT.GAMMA = (1.0, 1.0)  # random gamma drawn log-uniformly from (low, high)
+    cfg.INPUT.DENSE.AUGMENT.CONTRAST = (1.0, 1.0)  # random contrast factor around the crop mean
+    cfg.INPUT.DENSE.AUGMENT.BRIGHTNESS = 0.0  # random additive shift in [-b, b] of the [0, 1] image
+    cfg.INPUT.DENSE.AUGMENT.NOISE_STD = 0.0  # additive Gaussian noise, std drawn from [0, this]
+    cfg.INPUT.DENSE.AUGMENT.BLUR_SIGMA = 0.0  # Gaussian blur, sigma drawn from [0, this] pixels
+    cfg.INPUT.DENSE.AUGMENT.SCALE = (1.0, 1.0)  # random resize of image and target before cropping, factor log-uniform in (low, high)
     # XB-Net training: cosine annealing with warm restarts, universal-training schemes
     cfg.SOLVER.COSINE_RESTARTS = ()  # LR_SCHEDULER_NAME CosineWarmRestarts: iterations where the LR jumps back to BASE_LR (paper: epochs 100, 300, 700)
     cfg.SOLVER.EPOCHS = 0  # > 0: MAX_ITER = EPOCHS x iterations per epoch of the training data (XB-Net Table 3), set at start
@@ -194,3 +206,62 @@ def _add_plugin_config(cfg: CN) -> None:
     from deepcens.plugins import add_plugin_configs
 
     add_plugin_configs(cfg)
+
+
+def _add_tracking_config(cfg: CN) -> None:
+    # ---- tracking (linking instances over time into CTC tracks, docs/tracking.md) -------------
+    cfg.TRACKING = CN()
+    cfg.TRACKING.NAME = "LapTracker"  # TRACKER_REGISTRY name: LapTracker (laptrack LAP linking) | GreedyTracker (XB-Net Sec. 5.6 nearest-centroid rule)
+    cfg.TRACKING.COST = "centroid"  # LapTracker cost: centroid (squared centroid distance) | overlap (1 - intersection / smaller area)
+    cfg.TRACKING.MAX_DISTANCE = 30.0  # pixels: farthest centroid move linked between consecutive frames (XB-Net Sec. 5.6: tuned per dataset, value not stated)
+    cfg.TRACKING.MIN_OVERLAP = 0.2  # COST overlap: least intersection / smaller area that links two objects (links, gaps and divisions)
+    cfg.TRACKING.GAP_CLOSING_FRAMES = 2  # most missing frames a track may bridge (0 = no gap closing); the object after a gap names the one before as parent
+    cfg.TRACKING.GAP_CLOSING_MAX_DISTANCE = 40.0  # pixels: farthest centroid move across a closed gap
+    cfg.TRACKING.DIVISIONS = True  # LapTracker: detect divisions (a mother ending where two daughters start)
+    cfg.TRACKING.DIVISION_MAX_DISTANCE = 40.0  # pixels: farthest daughter centroid from the mother's centroid in the frame before
+    cfg.TRACKING.EVALUATE = True  # CellEvaluator: link each CTC sequence's predictions (consecutive frames with TRA markers) and report TRA
+
+
+def _add_nas_unet_config(cfg: CN) -> None:
+    # ---- NAS U-Net (Zhu & Meijering 2021) and the marker watershed decoder ---------------------
+    cfg.MODEL.NAS = CN()
+    cfg.MODEL.NAS.GENOTYPE = ""  # genotype JSON of a derived network; "" = the supernet (search)
+    cfg.MODEL.NAS.NUM_DOWN = 3  # n down blocks (n + 2 up blocks)
+    cfg.MODEL.NAS.CHANNELS = 16  # maps every basic operation outputs
+    cfg.MODEL.NAS.FRAMES = 2  # frames per input (t-1, t): the ConvLSTM unroll length
+    cfg.MODEL.NAS.GN_GROUPS = 8  # GroupNorm groups after every basic operation
+    cfg.MODEL.NAS.DILATION = 2  # dilation of the atrous basic operations
+    cfg.MODEL.NAS.SE_REDUCTION = 4  # squeeze-and-excitation channel reduction
+    cfg.MODEL.NAS.SHUFFLE_GROUPS = 4  # groups of the shuffle convolution
+    cfg.MODEL.NAS.BORDER_WEIGHT_W0 = 10.0  # U-Net border weight map w0
+    cfg.MODEL.NAS.BORDER_WEIGHT_SIGMA = 5.0  # U-Net border weight map sigma (pixels)
+    cfg.MODEL.NAS.CLASS_BALANCE = True  # U-Net weight map: add class-frequency balancing weights w_c
+    cfg.MODEL.NAS.MARKER_SOURCE = "erosion"  # markers from eroded instances (erosion) or TRA markers (tra)
+    cfg.MODEL.NAS.MARKER_EROSION = 4  # erosion depth (pixels) of instance markers; small cells keep their inner half
+    cfg.MODEL.NAS.GAP_DISTANCE = 3  # 4 classes: background pixels within this distance of two cells are gap
+    cfg.MODEL.NAS.MARKER_LOSS_WEIGHT = 1.0  # weight of the marker BCE in the summed loss
+    cfg.MODEL.NAS.SEARCH = CN()
+    cfg.MODEL.NAS.SEARCH.MODE = "binary"  # binary (ProxylessNAS paths) | all_paths (DARTS mixtures)
+    cfg.MODEL.NAS.SEARCH.VAL_FRACTION = 0.4  # share of the training frames for the architecture steps
+    cfg.MODEL.NAS.SEARCH.SPLIT_SEED = 0  # seed of the train / validation frame split
+    cfg.MODEL.NAS.SEARCH.ARCH_LR = 0.0003  # Adam learning rate of the architecture parameters
+    cfg.MODEL.NAS.SEARCH.ARCH_WEIGHT_DECAY = 0.0001  # Adam weight decay of the architecture parameters
+    cfg.MODEL.NAS.SEARCH.PATIENCE_EPOCHS = 60  # stop when the derived architecture is unchanged this many epochs
+    cfg.MODEL.NAS.SEARCH.WARMUP_EPOCHS = 0  # epochs of weight steps only before the alternation starts
+    cfg.MODEL.NAS.SEARCH.LOG_PERIOD = 20  # iterations between architecture-weight scalars in metrics.json
+    cfg.INPUT.NAS = CN()
+    cfg.INPUT.NAS.REVERSE_PAIR = True  # random reversal of the frame pair in training
+    cfg.INPUT.NAS.AFFINE_PROB = 0.5  # probability of a random affine transform of a training crop
+    cfg.INPUT.NAS.AFFINE_ROTATION = 15.0  # max rotation (degrees) of the affine transform
+    cfg.INPUT.NAS.AFFINE_SCALE = (0.9, 1.1)  # scale range of the affine transform
+    cfg.INPUT.NAS.AFFINE_SHEAR = 0.1  # max shear of the affine transform
+    cfg.INPUT.NAS.ELASTIC_PROB = 0.5  # probability of a random elastic deformation of a training crop
+    cfg.INPUT.NAS.ELASTIC_ALPHA = 3.0  # max displacement (pixels) of the elastic deformation
+    cfg.INPUT.NAS.ELASTIC_SIGMA = 10.0  # smoothness (Gaussian sigma, pixels) of the elastic displacement field
+    cfg.MODEL.DENSE.WATERSHED = CN()
+    cfg.MODEL.DENSE.WATERSHED.FOREGROUND_CHANNELS = (1,)  # probability channels summed into the cell probability
+    cfg.MODEL.DENSE.WATERSHED.MARKER_CHANNEL = -1  # probability channel of the markers (seeds)
+    cfg.MODEL.DENSE.WATERSHED.FOREGROUND_THRESHOLD = 0.5  # cell mask: cell probability above this
+    cfg.MODEL.DENSE.WATERSHED.MARKER_THRESHOLD = 0.5  # seeds: marker probability above this
+    cfg.MODEL.DENSE.WATERSHED.MIN_SEED_SIZE = 5  # seeds smaller than this (pixels) are dropped
+    cfg.MODEL.DENSE.WATERSHED.KEEP_UNSEEDED = True  # cell-mask components without a seed become instances of their own

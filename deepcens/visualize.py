@@ -13,6 +13,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 from detectron2.structures import Boxes, Instances
+from scipy import ndimage
 
 from deepcens.data.io import encode_png
 from deepcens.postprocess.instances import compact_masks
@@ -176,3 +177,30 @@ def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str] = (), gap: 
         if index < len(images) - 1:
             panels.append(np.full((height + bar, gap, 3), 255, dtype=np.uint8))
     return np.concatenate(panels, axis=1)
+
+
+def draw_tracks(image_rgb_uint8: np.ndarray, labels: np.ndarray, *, thickness: int = 1) -> np.ndarray:
+    """Draw every object of a tracked label image (ids = track ids) with its contour and its
+    track id at the centroid, coloured by id, on a copy of an RGB uint8 image."""
+    image = np.asarray(image_rgb_uint8)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"draw_tracks expects an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"labels of shape {labels.shape} do not fit the image {image.shape[:2]}")
+    canvas = np.ascontiguousarray(image.copy())
+    font_scale = max(0.3, min(image.shape[:2]) / 1200.0)
+    slices = ndimage.find_objects(labels.astype(np.int64, copy=False))
+    text_items = []
+    for index, box in enumerate(slices):
+        if box is None:
+            continue
+        track_id = index + 1
+        color = class_color(track_id)
+        mask = (labels[box] == track_id).astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(box[1].start, box[0].start))
+        cv2.drawContours(canvas, contours, -1, color, thickness, lineType=cv2.LINE_8)
+        ys, xs = np.nonzero(mask)
+        text_items.append((str(track_id), (int(xs.mean()) + box[1].start - 6, int(ys.mean()) + box[0].start + 4), color))
+    for text, origin, color in text_items:
+        cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, font_scale, color, 1, cv2.LINE_AA)
+    return canvas

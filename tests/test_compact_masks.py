@@ -193,3 +193,19 @@ def test_crowded_images_scored_as_independent_groups_give_identical_ap(real_labe
                 gt_split, _ = coco.split_into_independent_images(gt_dict, results, max_dets)
             assert len(gt_split["images"]) > 3 * len(images)
             assert split == pytest.approx(whole, nan_ok=True, abs=1e-12) and whole["AP"] > 0
+
+
+def test_instances_benchmark_case_scores_both_paths_alike():
+    from deepcens.benchmarks.instances import _run_case
+
+    class Collect(list):
+        put = list.append
+
+    collected = Collect()
+    _run_case("", 256, 30, 12, 0, True, collected)
+    (result,) = collected
+    cropped, dense = result["cropped"], result["dense"]
+    assert dense["same_label_image"] and result["objects"] == 30
+    for key in ("segm_AP", "SEG", "DET"):
+        assert cropped[key] == dense[key]
+    assert 0 < cropped["segm_AP"] < 100 and 0 < cropped["SEG"] < 1

@@ -102,7 +102,9 @@ def _tiny_ctc(root: str) -> None:
         tifffile.imwrite(os.path.join(seq + "_GT/SEG", f"man_seg{frame:03d}.tif"), labels)
 
 
-def test_unet_resume_gives_same_losses_and_weights(tmp_path):
+@pytest.mark.parametrize("scheme", ["Single", "Shu"])
+def test_unet_resume_gives_same_losses_and_weights(tmp_path, scheme):
+    """Exact resume for the plain loop and for a multi-dataset scheme loop (one loader per dataset)."""
     config = REPO / "configs" / "xbnet" / "Base-XBNet.yaml"
     if not config.is_file():
         pytest.skip("the XB-Net config is not in this checkout")
@@ -116,12 +118,14 @@ def test_unet_resume_gives_same_losses_and_weights(tmp_path):
         pytest.skip("the dense meta-architecture / mapper are not in this checkout")
     _tiny_ctc(str(tmp_path / "ctc"))
     register_ctc_dataset("reliability_ctc_train", str(tmp_path / "ctc"), "DS", ["01"], "GT")
+    train_sets = "('reliability_ctc_train',)" if scheme == "Single" else "('reliability_ctc_train', 'reliability_ctc_train')"
 
     def cfg(out: str):
         return load_config(str(config), [
             "OUTPUT_DIR", out, "MODEL.DEVICE", "cpu", "MODEL.DENSE.NETWORK", "UNet",
             "MODEL.DENSE.UNET.BASE_CHANNELS", "4", "MODEL.DENSE.UNET.DEPTH", "3", "MODEL.DENSE.SIZE_DIVISIBILITY", "4",
-            "INPUT.DENSE.CROP_SIZE", "32", "DATASETS.TRAIN", "('reliability_ctc_train',)", "DATASETS.TEST", "()",
+            "INPUT.DENSE.CROP_SIZE", "32", "DATASETS.TRAIN", train_sets, "DATASETS.TEST", "()",
+            "SOLVER.TRAIN_SCHEME", scheme,
             "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "6",
             "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.BEST_CHECKPOINT_METRIC", "", "TEST.EVAL_PERIOD", "0",
             "SOLVER.COSINE_RESTARTS", "()", "SEED", "3"], freeze=False)

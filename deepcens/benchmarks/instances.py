@@ -37,10 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dense-limit-gb", type=float, default=3.0,
                         help="run the dense path only where COUNT x SIZE^2 bytes of masks stay below this")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dense-field", type=int, default=0, metavar="SIZE",
+    parser.add_argument("--dense-field", default="", metavar="SIZE:COUNT",
                         help="also time a dense method on a SIZE x SIZE field: sliding-window probabilities of a "
-                        "small random-weight XB-Net (512-pixel tiles), then the tertiary decoder on the GT's "
-                        "background / boundary / cell map of the last case's field size and objects")
+                        "small random-weight XB-Net (512-pixel tiles), then the tertiary decoder on the "
+                        "background / boundary / cell map of a GT field of COUNT objects")
     parser.add_argument("--save-fields", default="", metavar="DIR",
                         help="write the last case's GT and predicted label images as DIR/{gt,pred}/field.tif")
 
@@ -261,8 +261,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         results.append(result)
         print(result, flush=True)
     if args.dense_field:
-        size, count = args.dense_field, cases[-1][1] if cases else 1000
-        count = min(count, int((size / (args.object_size + 8)) ** 2))
+        size, _, count = str(args.dense_field).partition(":")
+        size, count = int(size), int(count or 1000)
         queue = context.Queue()
         process = context.Process(target=_run_dense_field, args=(size, count, args.object_size, args.seed, queue))
         process.start()

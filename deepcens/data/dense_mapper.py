@@ -1,5 +1,7 @@
 """``DenseTargetMapper``: dataset dict -> normalised image (+ dense training target) for U-Net methods.
 
+Normalisation and the optional appearance / scale augmentation are in :mod:`deepcens.data.augment`.
+
 Training follows the XB-Net paper (Sec. 3.2, 3.4): the image is normalised by its sequence's
 min/max intensity (``intensity_range`` of CTC dicts) to [0, 1]; the instance labels become
 the target of ``MODEL.DENSE.TARGET`` (255 = ignore, e.g. unlabelled cells of sparse CTC GT);
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 
+from deepcens.data.augment import NORMALIZATIONS, DenseAugmentation, percentile_normalize
 from deepcens.data.io import to_float_rgb
 from deepcens.data.mappers import MAPPER_REGISTRY, read_record_image
 from deepcens.errors import DeepcensInputError
@@ -78,6 +81,10 @@ class DenseTargetMapper:
         self.context_pad = int(d.CONTEXT_PAD)
         self.flip = bool(d.FLIP)
         self.rotate = bool(d.ROTATE_90)
+        if d.NORMALIZATION not in NORMALIZATIONS:
+            raise ValueError(f"INPUT.DENSE.NORMALIZATION must be one of {NORMALIZATIONS}, got {d.NORMALIZATION!r}")
+        self.normalization = d.NORMALIZATION
+        self.augmentation = DenseAugmentation.from_config(cfg) if is_train else None
 
     # ---- reading -----------------------------------------------------------------------------
     def load_image(self, dataset_dict: dict) -> np.ndarray:
@@ -93,6 +100,8 @@ class DenseTargetMapper:
                 image = (raw[:, :, :3].astype(np.float32) - low) / max(high - low, 1e-6)
             else:
                 image = to_float_rgb(raw, self.intensity_mode, self.intensity_percentiles) / 255.0
+        if self.normalization == "frame_percentile":
+            image = percentile_normalize(image, *self.intensity_percentiles)
         image = np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
         if image.shape[2] != self.channels:
             if self.channels == 1:
@@ -133,6 +142,8 @@ class DenseTargetMapper:
                 rng: np.random.RandomState | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Random square crop, flips, 90-degree rotation, context reflection padding (paper order)."""
         rng = rng or np.random
+        if self.augmentation is not None and self.augmentation.active:
+            image, target = self.augmentation.rescale(image, target, rng)
         if crop > 0:
             pad_h, pad_w = max(crop - image.shape[0], 0), max(crop - image.shape[1], 0)
             if pad_h or pad_w:  # image smaller than the crop: reflect, target ignored there
@@ -142,6 +153,8 @@ class DenseTargetMapper:
             left = int(rng.randint(0, image.shape[1] - crop + 1))
             image = image[top:top + crop, left:left + crop]
             target = target[top:top + crop, left:left + crop]
+        if self.augmentation is not None and self.augmentation.active:
+            image = self.augmentation.appearance(image, rng)
         if self.flip and rng.rand() < 0.5:
             image, target = image[:, ::-1], target[:, ::-1]
         if self.flip and rng.rand() < 0.5:

@@ -202,19 +202,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return array
 
 
-def read_label(path: str | os.PathLike, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
+def read_label(path: str | os.PathLike, expected_shape: tuple[int, ...] | None = None, *,
+               volume: bool = False) -> np.ndarray:
     """Read an instance label image (0 = background, k > 0 = object k) as ``int32`` (H, W).
 
-    ``expected_shape`` (H, W) is checked so that a label that does not belong to its image is
-    reported instead of silently mis-scored.
+    ``expected_shape`` is checked so that a label that does not belong to its image is
+    reported instead of silently mis-scored. ``volume=True`` also accepts a 3D label stack
+    (Z, H, W), as CTC 3D sequences store them.
     """
     path = os.fspath(path)
     array, is_tiff = _read_raw(path)
     if array.ndim == 3 and array.shape[-1] in (3, 4) and not is_tiff:
         array = array[..., 0]  # label PNGs saved as RGB: all channels equal
     array = np.squeeze(array)
-    if array.ndim != 2:
-        raise DeepcensInputError(path, f"expected a 2D label image, got shape {array.shape}")
+    if array.ndim != 2 and not (volume and array.ndim == 3):
+        raise DeepcensInputError(path, f"expected a {'2D or 3D' if volume else '2D'} label image, got shape {array.shape}")
     if array.dtype.kind == "f":
         if not np.isfinite(array).all() or not np.all(array == np.round(array)):
             raise DeepcensInputError(path, "label image has non-integer values")
@@ -222,8 +224,8 @@ def read_label(path: str | os.PathLike, expected_shape: tuple[int, int] | None =
         raise DeepcensInputError(path, "label image has negative labels")
     if expected_shape is not None and tuple(array.shape) != tuple(expected_shape):
         raise DeepcensInputError(
-            path, f"label size {array.shape[0]}x{array.shape[1]} differs from image size "
-            f"{expected_shape[0]}x{expected_shape[1]}")
+            path, f"label size {'x'.join(map(str, array.shape))} differs from image size "
+            f"{'x'.join(map(str, expected_shape))}")
     return array.astype(np.int32)
 
 

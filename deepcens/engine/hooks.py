@@ -103,7 +103,8 @@ class ResumeStateHook(hooks.HookBase):
     def before_train(self) -> None:
         loop = getattr(self.trainer, "_trainer", self.trainer)
         if self._loaded_rng is not None:
-            getattr(loop, "_data_loader_iter", None)  # create the iterator now: it draws a seed
+            if hasattr(loop, "start_iterators"):
+                loop.start_iterators()  # create the iterators now: creating one may draw random numbers
             self._snapshot = self._loaded_rng
             self._loaded_rng = None
         if self.trainer.start_iter > 0:

@@ -84,6 +84,12 @@ class TrainLoop(SimpleTrainer):
         """Subclasses build their loaders here; the base loop has none."""
         raise NotImplementedError
 
+    def start_iterators(self) -> None:
+        """Create the data iterators now (creating one may draw random numbers; the resume hook
+        calls this before it restores the saved random states)."""
+        if self.data_loader is not None:
+            self._data_loader_iter  # noqa: B018  (the property creates the iterator)
+
     def autocast(self) -> ContextManager:
         """The autocast context of this loop (a no-op in full precision)."""
         if self.precision is None:

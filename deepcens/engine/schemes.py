@@ -78,9 +78,12 @@ class MultiDatasetLoop(TrainLoop):
         """Indices of the loaders whose minibatches make optimizer step ``iteration``."""
         raise NotImplementedError
 
-    def _next_batch(self, index: int):
+    def start_iterators(self) -> None:
         if self._iters is None:
             self._iters = [iter(loader) for loader in self.loaders]
+
+    def _next_batch(self, index: int):
+        self.start_iterators()
         return next(self._iters[index])
 
     def run_step(self) -> None:

@@ -13,6 +13,10 @@ Definitions follow the reference implementation ``py-ctcmetrics`` (``ctc_metrics
   Markers are the TRA images (``man_trackTTT.tif``) when present, else the GT masks.
 * OP_CSB = (SEG + DET) / 2.
 
+Label images may be 2D frames or 3D volumes (CTC 3D sequences; a 3D SEG reference annotated
+in chosen planes, ``man_seg_TTT_ZZZ.tif``, is compared with those planes of the result). TRA
+is in :mod:`deepcens.evaluation.ctc_tra`; the folder path adds it when both track files exist.
+
 Everything is vectorised over pixels: one ``np.bincount`` per label image for the areas and
 one over the paired labels of the reference foreground for the intersections. Undefined
 values (no reference object / marker at all) are ``nan`` (py-ctcmetrics gives SEG 0 there).
@@ -234,49 +238,115 @@ def _sequence_length(tra_dir: str, tra_files: dict, seg_files: dict) -> int:
     return last + 1
 
 
-def evaluate_ctc_folders(
-    gt_dir: str | os.PathLike, res_dir: str | os.PathLike, frames: Iterable[int] | None = None
-) -> dict:
-    """SEG / DET / OP_CSB of a CTC result folder (``maskTTT.tif``) against ``<seq>_GT``.
+def ctc_seg_slice_files(folder: str | os.PathLike) -> dict[int, dict[int, str]]:
+    """Frame -> {plane -> path} of 3D SEG references given as planes (``man_seg_TTT_ZZZ.tif``)."""
+    files: dict[int, dict[int, str]] = {}
+    if os.path.isdir(folder):
+        for (frame, plane), path in frame_files(folder, "seg_slice").items():
+            files.setdefault(frame, {})[plane] = path
+    return files
 
-    SEG uses ``SEG/man_segTTT.tif``; DET uses ``TRA/man_trackTTT.tif`` when the TRA folder
-    exists, else the SEG masks. No track files are needed. ``frames`` restricts the frames.
-    Returns the :meth:`CTCCounts.measures` dict plus ``per_frame`` records.
+
+def _seg_reference(seg_files: dict, slice_files: dict, frame: int) -> tuple[np.ndarray | None, list[int] | None]:
+    """The SEG reference of a frame: a 2D image / 3D volume, or the stack of its annotated
+    planes together with their plane indices (compared with those planes of the result)."""
+    if frame in seg_files:
+        return read_label(seg_files[frame], volume=True), None
+    if frame in slice_files:
+        planes = sorted(slice_files[frame])
+        return np.stack([read_label(slice_files[frame][z]) for z in planes]), planes
+    return None, None
+
+
+def evaluate_ctc_folders(
+    gt_dir: str | os.PathLike, res_dir: str | os.PathLike, frames: Iterable[int] | None = None,
+    tra: bool | None = None,
+) -> dict:
+    """SEG / DET / OP_CSB (and TRA / OP_CTB) of a CTC result folder against ``<seq>_GT``.
+
+    SEG uses ``SEG/man_segTTT.tif`` (2D, or 3D volumes; 3D references annotated in planes
+    ``man_seg_TTT_ZZZ.tif`` are compared with those planes); DET uses ``TRA/man_trackTTT.tif``
+    when the TRA folder exists, else the SEG masks. ``frames`` restricts the frames (then
+    there is no TRA). TRA needs ``TRA/man_track.txt`` and ``res_track.txt``: ``tra`` None
+    scores it when both exist, True requires them, False skips it. Returns the
+    :meth:`CTCCounts.measures` dict (+ :meth:`TRACounts.measures` and ``OP_CTB``) plus
+    ``per_frame`` records.
     """
     gt_dir, res_dir = os.fspath(gt_dir), os.fspath(res_dir)
-    seg_files = ctc_frame_files(os.path.join(gt_dir, "SEG"), "seg") if os.path.isdir(os.path.join(gt_dir, "SEG")) else {}
+    seg_dir = os.path.join(gt_dir, "SEG")
+    seg_files = ctc_frame_files(seg_dir, "seg") if os.path.isdir(seg_dir) else {}
+    slice_files = ctc_seg_slice_files(seg_dir)
     tra_dir = os.path.join(gt_dir, "TRA")
     tra_files = ctc_frame_files(tra_dir, "tra") if os.path.isdir(tra_dir) else {}
-    if not seg_files and not tra_files:
+    if not seg_files and not slice_files and not tra_files:
         raise DeepcensInputError(gt_dir, "no SEG/man_segTTT.tif or TRA/man_trackTTT.tif reference files")
     if tra_files:
         check_tra_frames(tra_dir, tra_files, _sequence_length(tra_dir, tra_files, seg_files))
     res_files = ctc_frame_files(res_dir, "res")
     if not res_files:
         raise DeepcensInputError(res_dir, "no maskTTT.tif result files")
-    wanted = sorted(set(seg_files) | set(tra_files))
+    track_paths = (os.path.join(tra_dir, "man_track.txt"), os.path.join(res_dir, "res_track.txt"))
+    if tra is None:
+        tra = frames is None and all(os.path.isfile(p) for p in track_paths)
+    elif tra and frames is not None:
+        raise ValueError("TRA is defined on the whole sequence: do not restrict the frames")
+    wanted = sorted(set(seg_files) | set(slice_files) | set(tra_files))
     if frames is not None:
         chosen = set(int(f) for f in frames)
         wanted = [f for f in wanted if f in chosen]
     total = CTCCounts()
     per_frame = []
+    tra_matches: list[LabelMatch] = []
     digits = max(3, len(str(max(wanted)))) if wanted else 3
     for frame in wanted:
         if frame not in res_files:
             raise DeepcensInputError(
                 os.path.join(res_dir, frame_file_name("res", frame, digits)), f"missing result frame {frame} (the GT has it)")
-        gt_seg = read_label(seg_files[frame]) if frame in seg_files else None
-        markers = read_label(tra_files[frame], None if gt_seg is None else gt_seg.shape) if frame in tra_files else None
-        reference = gt_seg if gt_seg is not None else markers
-        pred = read_label(res_files[frame], reference.shape)
-        counts, record = frame_counts(pred, gt_seg, markers)
+        gt_seg, planes = _seg_reference(seg_files, slice_files, frame)
+        markers = read_label(tra_files[frame], volume=True) if frame in tra_files else None
+        shape = markers.shape if markers is not None else (gt_seg.shape if planes is None else None)
+        pred = read_label(res_files[frame], shape, volume=True)
+        if planes is not None:
+            if pred.ndim != 3 or max(planes) >= pred.shape[0] or pred.shape[1:] != gt_seg.shape[1:]:
+                raise DeepcensInputError(res_files[frame], f"result shape {pred.shape} does not hold the annotated planes {planes} of shape {gt_seg.shape[1:]}")
+            counts, record = frame_counts(pred[planes], gt_seg, None)
+            if markers is not None:
+                det_only, det_record = frame_counts(pred, None, markers)
+                counts = dataclasses.replace(counts, **{k: getattr(det_only, k) for k in ("det_split", "det_fn", "det_fp", "det_num_ref", "det_frames")})
+                record.update({k: det_record[k] for k in ("DET", "num_ref_det", "num_pred")})
+        else:
+            counts, record = frame_counts(pred, gt_seg, markers)
         if tra_files and markers is None:
             # DET is defined on the TRA markers: a frame with SEG but no TRA file adds no DET.
             counts = dataclasses.replace(counts, det_split=0, det_fn=0, det_fp=0, det_num_ref=0, det_frames=0)
             record["DET"] = None
+        if tra and markers is not None:
+            tra_matches.append(match_label_images(markers, pred))
         total = total + counts
         record["frame"] = frame
         per_frame.append(record)
     result = total.measures()
+    if tra:
+        result.update(_tra_of_folders(tra_files, tra_matches, *track_paths))
+        result["OP_CTB"] = 0.5 * result["SEG"] + 0.5 * result["TRA"]
     result["per_frame"] = per_frame
     return result
+
+
+def _tra_of_folders(tra_files: dict, matches: list[LabelMatch], man_track: str, res_track: str) -> dict[str, float]:
+    from deepcens.data.ctc import parse_track_file
+    from deepcens.evaluation.ctc_tra import TrackTableError, track_table_problems, tra_counts
+
+    if sorted(tra_files) != list(range(len(tra_files))):
+        raise DeepcensInputError(os.path.dirname(man_track), "TRA needs the marker frames 0..n-1 without gaps")
+    for path in (man_track, res_track):
+        if not os.path.isfile(path):
+            raise DeepcensInputError(path, "track file not found (needed for TRA)")
+    ref_tracks, comp_tracks = parse_track_file(man_track), parse_track_file(res_track)
+    problems = track_table_problems(comp_tracks, [m.comp_ids for m in matches])
+    if problems:
+        raise DeepcensInputError(res_track, "not a valid CTC tracking result: " + "; ".join(problems))
+    try:
+        return tra_counts(matches, ref_tracks, comp_tracks).measures()
+    except TrackTableError as exc:
+        raise DeepcensInputError(man_track, str(exc)) from None

@@ -75,6 +75,12 @@ def _read_labels(record: dict, path_key: str) -> np.ndarray:
     return read_label(record[path_key], (int(record["height"]), int(record["width"])))
 
 
+def _build_tracker(cfg: CfgNode):
+    from deepcens.tracking import build_tracker
+
+    return build_tracker(cfg)
+
+
 def _nan_to_none(value: float | None) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
@@ -102,6 +108,7 @@ class CellEvaluator(DatasetEvaluator):
         distributed: bool = True,
         dataset_dicts: Sequence[dict] | None = None,
         class_names: Sequence[str] | None = None,
+        tracker: Any = None,
     ):
         self._dataset_name = dataset_name
         self._output_dir = output_dir
@@ -125,6 +132,7 @@ class CellEvaluator(DatasetEvaluator):
         for index, record in enumerate(dataset_dicts):
             self._records[record["image_id"]] = (index + 1, record)
         self._predictions: list[dict] = []
+        self._tracker = tracker  # links each CTC sequence's predictions for TRA (None: no TRA)
 
     @classmethod
     def from_config(cls, cfg: CfgNode, dataset_name: str, output_dir: str | None = None) -> "CellEvaluator":
@@ -133,6 +141,7 @@ class CellEvaluator(DatasetEvaluator):
             max_dets=cfg.TEST.DETECTIONS_PER_IMAGE, ctc_metrics=cfg.TEST.CTC_METRICS,
             coco_backend=cfg.TEST.COCO_BACKEND, mask_threshold=cfg.TEST.MASK_THRESHOLD,
             ctc_score_threshold=cfg.TEST.CTC_SCORE_THRESHOLD,
+            tracker=_build_tracker(cfg) if cfg.TRACKING.EVALUATE else None,
         )
 
     @property
@@ -235,6 +244,9 @@ class CellEvaluator(DatasetEvaluator):
                 if seg_match is None:
                     rendered += len(det_match.comp_ids)
                 per_class[c] = counts
+                if self._tracker is not None and single_class and class_markers is not None and record.get("slice") is None:
+                    payload["tra"] = (pred.astype(np.uint16), class_markers.astype(np.uint16),
+                                      os.path.join(os.path.dirname(record["tra_file_name"]), "man_track.txt"), record["frame"])
         payload["ctc"] = per_class
         total = CTCCounts()
         for counts in per_class.values():
@@ -275,6 +287,10 @@ class CellEvaluator(DatasetEvaluator):
                 results["segm"] = evaluate_coco(gt_dict, dt, "segm", self._max_dets, self._class_names, self._backend)
         if self._ctc_metrics and any(p["ctc"] for p in predictions):
             results["ctc"] = self._ctc_results(predictions)
+            if any("tra" in p for p in predictions):
+                results["ctc"].update(self._tra_results(predictions))
+                if "TRA" in results["ctc"]:
+                    results["ctc"]["OP_CTB"] = 0.5 * results["ctc"]["SEG"] + 0.5 * results["ctc"]["TRA"]
         if self._output_dir and comm.is_main_process():
             self._write(predictions, results)
         return results
@@ -305,6 +321,32 @@ class CellEvaluator(DatasetEvaluator):
         for dataset, sequences in per_dataset.items():
             for key in ("SEG", "DET", "OP_CSB"):
                 result[f"{key}-{dataset}"] = float(np.mean([m[key] for m in sequences]))
+        return result
+
+    def _tra_results(self, predictions: list[dict]) -> dict[str, float]:
+        """TRA per CTC sequence (its frames linked by the tracker, scored against man_track.txt
+        clipped to those frames; they must be consecutive) and pooled over sequences."""
+        from deepcens.data.ctc import parse_track_file
+        from deepcens.evaluation.ctc_tra import TRACounts, clip_track_table, sequence_tra
+
+        by_sequence: dict[tuple, list] = collections.defaultdict(list)
+        for p in predictions:
+            if "tra" in p and p["group"] is not None:
+                by_sequence[p["group"]].append(p["tra"])
+        result: dict[str, float] = {}
+        total = TRACounts()
+        for (dataset, sequence), items in sorted(by_sequence.items()):
+            items.sort(key=lambda item: item[3])
+            frames = [item[3] for item in items]
+            if frames != list(range(frames[0], frames[0] + len(frames))):
+                logger.info("no TRA for %s/%s: its frames are not consecutive", dataset, sequence)
+                continue
+            ref_tracks = clip_track_table(parse_track_file(items[0][2]), frames[0], frames[-1])
+            counts = sequence_tra(self._tracker, [i[0] for i in items], [i[1] for i in items], ref_tracks)
+            total = total + counts
+            result[f"TRA-{dataset}/{sequence}"] = counts.tra()
+        if total.num_vertices:
+            result.update(total.measures())
         return result
 
     def _write(self, predictions: list[dict], results: dict) -> None:

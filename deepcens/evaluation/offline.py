@@ -1,6 +1,7 @@
 """Score saved predictions without a model (``deepcens evaluate``).
 
-CTC folders (SEG / DET / OP_CSB, identical to py-ctcmetrics; no track files needed):
+CTC folders (SEG / DET / OP_CSB, 2D or 3D, and TRA / OP_CTB when man_track.txt and
+res_track.txt exist; identical to py-ctcmetrics):
     deepcens evaluate --ctc-gt data/Fluo-N2DH-SIM+/01_GT --ctc-res out/01_RES --json out.json
 
 Instance predictions with CellEvaluator (COCO bbox/segm AP + CTC measures, paper tables):
@@ -228,7 +229,8 @@ def instances_from_coco(path: str, dataset_dicts: list[dict], dataset_id_to_cont
 
 
 def run_ctc(args: argparse.Namespace) -> dict:
-    """SEG / DET / OP_CSB of ``--ctc-res`` against ``--ctc-gt`` (``--frames`` restricts the frames)."""
+    """SEG / DET / OP_CSB (and TRA / OP_CTB on whole sequences with both track files) of
+    ``--ctc-res`` against ``--ctc-gt`` (``--frames`` restricts the frames)."""
     from deepcens.evaluation.ctc_measures import evaluate_ctc_folders
     from deepcens.predict.inputs import parse_frames
 
@@ -238,7 +240,7 @@ def run_ctc(args: argparse.Namespace) -> dict:
         start, stop = frames.start or 0, frames.stop if frames.stop is not None else 10 ** 9
         chosen = range(start, stop)
     result = evaluate_ctc_folders(args.ctc_gt, args.ctc_res, chosen)
-    summary = {k: result[k] for k in ("SEG", "DET", "OP_CSB")}
+    summary = {k: result[k] for k in ("SEG", "DET", "OP_CSB", "TRA", "OP_CTB") if k in result}
     scored = [r["frame"] for r in result["per_frame"]]
     note = f" over frames {scored[0]}..{scored[-1]} ({len(scored)} frames)" if scored else ""
     print(" ".join(f"{k}={v:.6f}" for k, v in summary.items()) + note)

@@ -112,8 +112,10 @@ def decode_tertiary(
     min_object_size: int = 0,
     max_hole_size: int = 0,
     grow_into_boundary: int = 0,
+    min_score: float = 0.0,
 ) -> Instances:
-    """``Instances`` (class 0, score = mean cell probability) from ``(3, H, W)`` tertiary scores."""
+    """``Instances`` (class 0, score = mean cell probability) from ``(3, H, W)`` tertiary scores;
+    objects whose score is below ``min_score`` are dropped (faint background structures)."""
     if isinstance(probabilities, torch.Tensor):
         probabilities = probabilities.detach().float().cpu().numpy()
     labels = tertiary_labels(probabilities, min_object_size, max_hole_size, grow_into_boundary)
@@ -124,6 +126,8 @@ def decode_tertiary(
     scores = [cell_score[y0:y1, x0:x1][crop].mean(dtype=np.float64) for (x0, y0, x1, y1), crop
               in instances.pred_masks.items()]
     instances.scores = torch.tensor(scores, dtype=torch.float32)
+    if min_score > 0:
+        instances = instances[instances.scores >= min_score]
     return instances
 
 
@@ -146,6 +150,7 @@ def tertiary(cfg: CfgNode) -> Callable[[torch.Tensor, str | None], Instances]:
     default = (int(cfg.MODEL.DENSE.MIN_OBJECT_SIZE), int(cfg.MODEL.DENSE.MAX_HOLE_SIZE))
     overrides = parse_postprocess_overrides(cfg.MODEL.DENSE.POSTPROCESS_PER_DATASET)
     grow = int(cfg.MODEL.DENSE.GROW_INTO_BOUNDARY)
+    min_score = float(cfg.MODEL.DENSE.MIN_SCORE)
 
     def decode(probabilities: torch.Tensor, dataset_name: str | None = None) -> Instances:
         min_size, max_hole = default
@@ -153,7 +158,7 @@ def tertiary(cfg: CfgNode) -> Callable[[torch.Tensor, str | None], Instances]:
             if key in overrides:
                 min_size, max_hole = overrides[key]
                 break
-        return decode_tertiary(probabilities, min_size, max_hole, grow)
+        return decode_tertiary(probabilities, min_size, max_hole, grow, min_score)
 
     return decode
 

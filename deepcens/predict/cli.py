@@ -11,7 +11,8 @@ may separate them). Outputs under ``--output``:
   1 = highest score; stacks give one multi-page TIFF, sequences ``labels/<seq>/tTTT.tif``),
   with ``<name>.classes.json`` (label -> class) for multi-class models;
 - ``<seq>_RES/maskTTT.tif`` + ``res_track.txt`` with ``--ctc-format`` (labels unique over the
-  sequence, every object its own one-frame track);
+  sequence, every object its own one-frame track); with ``--track`` the objects are linked over
+  time (persistent ids, divisions, declared gaps) and ``<seq>_tracks.csv`` is written;
 - ``overlays/...png`` with ``--overlays``; ``coco_results.json`` with ``--coco-json``;
 - ``summary.csv``: one row per image; ``predict_run.json``: the run's state and files.
 
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coco-json", action="store_true", help="write COCO-style results (coco_results.json)")
     parser.add_argument("--ctc-format", action="store_true",
                         help="write sequences and stacks as CTC results (<seq>_RES/maskTTT.tif + res_track.txt)")
+    parser.add_argument("--track", action="store_true",
+                        help="with --ctc-format: link objects over time (TRACKING.* config) into CTC tracks, "
+                        "write <seq>_tracks.csv and, with --overlays, frames with track ids")
     parser.add_argument("--frames", default="", metavar="START:STOP",
                         help="only these frame numbers / stack pages (python slice, e.g. 0:3)")
     parser.add_argument("--tile-size", type=int, default=0,
@@ -105,7 +109,8 @@ def run_predict(args: argparse.Namespace) -> dict:
                            ctc_format=args.ctc_format, frames=args.frames or None, tile_size=args.tile_size,
                            tile_overlap=args.tile_overlap, class_names=args.class_names,
                            dataset_name=args.dataset or None, progress=False if args.no_progress else None,
-                           allow_random_weights=args.allow_random_weights, skip_bad=args.skip_bad)
+                           allow_random_weights=args.allow_random_weights, skip_bad=args.skip_bad,
+                           track=args.track)
 
 
 def run(args: argparse.Namespace) -> int:

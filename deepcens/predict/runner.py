@@ -51,23 +51,32 @@ def predict(cfg: CfgNode, inputs: Sequence[str], output_dir: str, *, batch_size:
             score_threshold: float = 0.5, overlays: bool = False, coco_json: bool = False, ctc_format: bool = False,
             frames: str | None = None, tile_size: int = 0, tile_overlap: float = 0.25, class_names: str = "",
             dataset_name: str | None = None, progress: bool | None = None, allow_random_weights: bool = False,
-            skip_bad: bool = False) -> dict:
+            skip_bad: bool = False, track: bool = False) -> dict:
     """Predict every input and write labels / overlays / COCO json / summary CSV under ``output_dir``.
 
     ``score_threshold`` applies to label images, overlays and the CSV; the COCO json keeps every
     detection (AP needs the low-score ones). Inputs, options, the output folder and the weights
     are checked before the first image is predicted. With ``skip_bad`` unreadable images are
     skipped and listed (``skipped`` in the result) instead of ending the run. Returns counts
-    and the paths written.
+    and the paths written. ``track`` (with ``ctc_format``) links every sequence's objects into
+    tracks with ``cfg.TRACKING`` (persistent ids, ``res_track.txt``, ``<seq>_tracks.csv``,
+    overlays with track ids; ``docs/tracking.md``).
     """
     from tqdm import tqdm
 
     check_options(batch_size, score_threshold, tile_size, tile_overlap)
+    if track and not ctc_format:
+        raise DeepcensInputError(None, "--track needs --ctc-format (tracks are written as CTC result folders)")
+    tracker = None
+    if track:
+        from deepcens.tracking import build_tracker
+
+        tracker = build_tracker(cfg)
     skipped: list[str] | None = [] if skip_bad else None
     sources = collect_inputs(inputs, frames, skipped)
     names = class_names_for(cfg, class_names, dataset_name)
-    writers = [SourceWriter(s, output_dir, ctc_format=ctc_format, overlays=overlays, class_names=names)
-               for s in sources]
+    writers = [SourceWriter(s, output_dir, ctc_format=ctc_format, overlays=overlays, class_names=names,
+                            tracker=tracker) for s in sources]
     planned = [path for w in writers for path in w.planned_paths()] + [os.path.join(output_dir, "summary.csv")]
     if coco_json:
         planned.append(os.path.join(output_dir, "coco_results.json"))
@@ -145,7 +154,7 @@ def _run(predictor: Predictor, writers: list[SourceWriter], folder, names: list[
                 start = stop
             for source, page in batch:
                 if page is source.pages[-1]:
-                    by_source[id(source)].finish(folder.save)
+                    by_source[id(source)].finish(folder.save, reader)
                     if on_source_done is not None:
                         rows_from, rows_to, coco_from, coco_to = spans.pop(id(source), [0, 0, 0, 0])
                         bad = [bad_pages[p.label] for p in source.pages if bad_pages and p.label in bad_pages]

@@ -197,7 +197,7 @@ def predict_sharded(cfg: CfgNode, inputs: Sequence[str], output_dir: str, *, ski
                     coco_json: bool = False, ctc_format: bool = False, frames: str | None = None,
                     tile_size: int = 0, tile_overlap: float = 0.25, class_names: str = "",
                     dataset_name: str | None = None, progress: bool | None = None,
-                    allow_random_weights: bool = False, skip_bad: bool = False) -> dict:
+                    allow_random_weights: bool = False, skip_bad: bool = False, track: bool = False) -> dict:
     """:func:`deepcens.predict.predict` as one process of ``comm.get_world_size()`` (one is fine).
 
     Call it in every process (``launch`` does); each predicts its share of the sources, process
@@ -210,11 +210,18 @@ def predict_sharded(cfg: CfgNode, inputs: Sequence[str], output_dir: str, *, ski
 
     rank, world_size = comm.get_rank(), comm.get_world_size()
     check_options(batch_size, score_threshold, tile_size, tile_overlap)
+    if track and not ctc_format:
+        raise DeepcensInputError(None, "--track needs --ctc-format (tracks are written as CTC result folders)")
+    tracker = None
+    if track:  # a sequence stays whole in one process, so its tracks are linked there
+        from deepcens.tracking import build_tracker
+
+        tracker = build_tracker(cfg)
     skipped: list[str] | None = [] if skip_bad else None
     sources = collect_inputs(inputs, frames, skipped)
     names = class_names_for(cfg, class_names, dataset_name)
-    writers = [SourceWriter(s, output_dir, ctc_format=ctc_format, overlays=overlays, class_names=names)
-               for s in sources]
+    writers = [SourceWriter(s, output_dir, ctc_format=ctc_format, overlays=overlays, class_names=names,
+                            tracker=tracker) for s in sources]
     run_files = [os.path.join(output_dir, "summary.csv")]
     if coco_json:
         run_files.append(os.path.join(output_dir, "coco_results.json"))

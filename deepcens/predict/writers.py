@@ -71,7 +71,7 @@ class SourceWriter:
     """
 
     def __init__(self, source: Source, output_dir: str, *, ctc_format: bool, overlays: bool,
-                 class_names: Sequence[str]):
+                 class_names: Sequence[str], tracker=None):
         self.source = source
         self.output_dir = output_dir
         self.ctc = ctc_format and source.kind in ("sequence", "stack")
@@ -82,6 +82,7 @@ class SourceWriter:
         self._stack_classes: list[dict[str, int]] = []
         res_dir = os.path.join(output_dir, *source.name_parts[:-1], source.name_parts[-1] + "_RES")
         self._ctc = CTCResultWriter(res_dir, max(p.digits for p in source.pages)) if self.ctc else None
+        self.tracker = tracker if self.ctc else None  # links the CTC folder into tracks after the last page
 
     # ---- paths -------------------------------------------------------------------------------
     def label_path(self, page: Page) -> str:
@@ -114,7 +115,13 @@ class SourceWriter:
                 paths.append(self.overlay_path(page))
         if self._ctc is not None:
             paths.append(os.path.join(self._ctc.res_dir, "res_track.txt"))
+        if self.tracker is not None:
+            paths.append(self.tracks_csv_path())
         return paths
+
+    def tracks_csv_path(self) -> str:
+        """``<seq>_tracks.csv`` beside the ``<seq>_RES`` folder (one row per track and frame)."""
+        return os.path.join(self.output_dir, *self.source.name_parts[:-1], self.source.name_parts[-1] + "_tracks.csv")
 
     # ---- writing -----------------------------------------------------------------------------
     def write_page(self, page: Page, labels: np.ndarray, instances: Instances, mask_threshold: float,
@@ -135,15 +142,28 @@ class SourceWriter:
         return path
 
     def write_overlay(self, page: Page, image: np.ndarray, instances: Instances,
-                      save: Callable[[str, Callable[[str], object]], str]) -> str:
+                      save: Callable[[str, Callable[[str], object]], str]) -> str | None:
         from deepcens.visualize import write_overlay
 
+        if self.tracker is not None:
+            return None  # drawn with track ids once the sequence is tracked (finish)
         return save(self.overlay_path(page), lambda target: write_overlay(target, image, instances, self.class_names))
 
-    def finish(self, save: Callable[[str, Callable[[str], object]], str]) -> None:
-        """After the source's last page: a stack's multi-page labels, a sequence's res_track.txt."""
+    def finish(self, save: Callable[[str, Callable[[str], object]], str],
+               image_of: Callable[[Page], np.ndarray] | None = None) -> None:
+        """After the source's last page: a stack's multi-page labels, a sequence's res_track.txt
+        (with a tracker: the folder linked into tracks, the track CSV and track-id overlays;
+        ``image_of(page)`` gives the page's image for those overlays)."""
         if self._ctc is not None:
             save(os.path.join(self._ctc.res_dir, "res_track.txt"), lambda target: self._ctc.finish())
+            if self.tracker is not None:
+                from deepcens.tracking.folder import track_result_folder
+
+                pages = {page.frame: page for page in self.source.pages}
+                track_result_folder(
+                    self._ctc.res_dir, self.tracker, csv_path=self.tracks_csv_path(), save=save,
+                    image_of=(lambda frame: image_of(pages[frame])) if self.overlays and image_of else None,
+                    overlay_path=lambda frame: self.overlay_path(pages[frame]))
         elif self.source.kind == "stack" and self._stack_pages:
             path = self.label_path(self.source.pages[0])
             save(path, lambda target: write_label_tiff(target, np.stack(self._stack_pages)))

@@ -161,8 +161,6 @@ class CroppedMasks:
             raise ValueError(f"label image must hold integers, got {labels.dtype}")
         if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
             raise ValueError("label image has negative labels")
-        if labels.dtype.itemsize > 4 or labels.dtype == np.uint32:
-            labels = labels.astype(np.int64, copy=False)
         ids, crops, boxes = [], [], []
         for index, found in enumerate(ndimage.find_objects(labels)):
             if found is None:

@@ -21,4 +21,4 @@ def build_dense_network(cfg: CfgNode) -> torch.nn.Module:
     return DENSE_NETWORK_REGISTRY.get(cfg.MODEL.DENSE.NETWORK)(cfg)
 
 
-from deepcens.modeling.dense import xbnet, vgg_unet  # noqa: E402,F401  (registrations)
+from deepcens.modeling.dense import xbnet, vgg_unet, nas_unet  # noqa: E402,F401  (registrations)

@@ -102,14 +102,19 @@ class DenseSegmentor(nn.Module):
         else:
             padded = _pad_to(x, _round_up(x.shape[-2], self.size_divisibility),
                              _round_up(x.shape[-1], self.size_divisibility), "reflect")
-            probabilities = F.softmax(self.network(padded), dim=1)[0]
+            probabilities = self.network_probabilities(padded)[0]
         return probabilities[:, p:p + height, p:p + width]
+
+    def network_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, NUM_OUTPUTS, H, W)`` probabilities of the network on a padded batch; the hook for
+        networks with several heads (override to map their outputs to the decoder's channels)."""
+        return F.softmax(self.network(x), dim=1)
 
     def _sliding_window(self, x: torch.Tensor, tile: int) -> torch.Tensor:
         """Blend softmax probabilities of overlapping ``tile`` x ``tile`` windows over ``x`` (1, C, H, W)."""
         x = _pad_to(x, max(x.shape[-2], tile), max(x.shape[-1], tile), "reflect")
         return blend_tiled_probabilities(x, tile, self.sliding_overlap,
-                                         lambda window: F.softmax(self.network(window), dim=1)[0])
+                                         lambda window: self.network_probabilities(window)[0])
 
     def output_probabilities(self, item: dict) -> torch.Tensor:
         """Softmax probabilities ``(NUM_OUTPUTS, height, width)`` of one mapped input, at the size
