@@ -9,5 +9,7 @@ summary, COCO json), :mod:`~deepcens.predict.run_folder` (lock, status, ownershi
 from deepcens.predict.cli import add_arguments, main, run
 from deepcens.predict.inputs import Page, Source, collect_inputs, parse_frames
 from deepcens.predict.runner import predict
+from deepcens.predict.sharded import predict_sharded
 
-__all__ = ["Page", "Source", "add_arguments", "collect_inputs", "main", "parse_frames", "predict", "run"]
+__all__ = ["Page", "Source", "add_arguments", "collect_inputs", "main", "parse_frames", "predict", "predict_sharded",
+           "run"]

@@ -18,6 +18,9 @@ may separate them). Outputs under ``--output``:
 
 The run never writes over an input or a file it did not create, locks the folder against a
 second run, and marks itself incomplete if stopped. All files are written atomically.
+``--num-gpus N`` (with ``--num-machines``, ``--machine-rank``, ``--dist-url``) shares the
+inputs among N processes per machine (GPUs, or CPU processes); ``--skip-existing`` resumes a
+stopped run (:mod:`deepcens.predict.sharded`).
 """
 from __future__ import annotations
 
@@ -69,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(ALLOW_OPTION, action="store_true",
                         help="run although the weights leave model parameters random (no or mismatching checkpoint)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from deepcens.predict import sharded
+
+    sharded.add_arguments(parser)  # --num-gpus, --num-machines, --machine-rank, --dist-url, --skip-existing
     parser.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE",
                         help="config overrides, e.g. MODEL.WEIGHTS output/model_final.pth (after -- if a value "
                         "starts with -)")
@@ -92,32 +98,39 @@ def run_predict(args: argparse.Namespace) -> dict:
     """Load the config (with the overrides) and predict; returns :func:`predict`'s summary."""
     import deepcens  # noqa: F401  (registrations)
     from deepcens.engine.setup import load_config
-    from deepcens.predict.runner import predict
+    from deepcens.predict.sharded import predict_sharded
 
     opts = config_options(args.opts)
     if args.device:
         opts += ["MODEL.DEVICE", args.device]
     cfg = load_config(args.config_file, opts)
-    return predict(cfg, args.input, args.output, batch_size=args.batch_size, score_threshold=args.score_threshold,
-                   overlays=args.overlays, coco_json=args.coco_json, ctc_format=args.ctc_format,
-                   frames=args.frames or None, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
-                   class_names=args.class_names, dataset_name=args.dataset or None,
-                   progress=False if args.no_progress else None, allow_random_weights=args.allow_random_weights,
-                   skip_bad=args.skip_bad, track=args.track)
+    return predict_sharded(cfg, args.input, args.output, skip_existing=args.skip_existing, batch_size=args.batch_size,
+                           score_threshold=args.score_threshold, overlays=args.overlays, coco_json=args.coco_json,
+                           ctc_format=args.ctc_format, frames=args.frames or None, tile_size=args.tile_size,
+                           tile_overlap=args.tile_overlap, class_names=args.class_names,
+                           dataset_name=args.dataset or None, progress=False if args.no_progress else None,
+                           allow_random_weights=args.allow_random_weights, skip_bad=args.skip_bad,
+                           track=args.track)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Predict and print one summary line (and the skipped inputs); returns the exit status."""
+    """Predict (in ``--num-gpus`` x ``--num-machines`` processes) and print one summary line."""
+    from deepcens.predict.sharded import launch_predict
+
+    return launch_predict(args)
+
+
+def print_result(result: dict) -> None:
+    """The closing line of a run (and the skipped inputs, on stderr)."""
     import sys
 
-    result = run_predict(args)
     note = " (random weights)" if result["random_weights"] else ""
     for problem in result["skipped"]:
         print(f"skipped: {problem}", file=sys.stderr)
     skipped = f", {len(result['skipped'])} unreadable input(s) skipped" if result["skipped"] else ""
-    print(f"{result['images']} images, {result['instances']} instances{note}{skipped}; outputs in "
+    kept = f" ({result['kept']} kept from an earlier run)" if result.get("kept") else ""
+    print(f"{result['images']} images{kept}, {result['instances']} instances{note}{skipped}; outputs in "
           f"{os.path.abspath(result['output_dir'])}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

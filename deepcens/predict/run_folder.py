@@ -52,12 +52,14 @@ class RunFolder:
         return os.path.relpath(os.path.abspath(path), os.path.abspath(self.output_dir))
 
     def _files_of_earlier_runs(self) -> set[str]:
+        from deepcens.predict.sharded import files_in_journals  # the other processes of sharded runs
+
         if not os.path.isfile(self.status_path):
-            return set()
+            return files_in_journals(self.output_dir)
         try:
             with open(self.status_path, encoding="utf-8") as handle:
                 files = json.load(handle).get("files", [])
-            return {str(f) for f in files}
+            return {str(f) for f in files} | files_in_journals(self.output_dir)
         except (OSError, ValueError, AttributeError):
             raise DeepcensInputError(self.status_path, "unreadable run status file; remove it, or use another "
                                      "--output") from None
@@ -105,13 +107,13 @@ class RunFolder:
             self._planned.add(real)
 
     # ---- status --------------------------------------------------------------------------------
-    def start(self, command: str) -> None:
+    def start(self, command: str, **details) -> None:
         """Mark the run in progress; remove run-level files of an earlier run (they would look current)."""
         for name in RUN_FILES:
             path = os.path.join(self.output_dir, name)
             if os.path.isfile(path) and name in self._owned:
                 os.unlink(path)
-        self.status = {"state": "running", "started": _now(), "command": command, "pid": os.getpid(),
+        self.status = {"state": "running", "started": _now(), "command": command, "pid": os.getpid(), **details,
                        "files": sorted(self._owned)}
         self._write_status()
 

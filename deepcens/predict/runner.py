@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.structures import Instances
@@ -96,7 +96,15 @@ def predict(cfg: CfgNode, inputs: Sequence[str], output_dir: str, *, batch_size:
 
 def _run(predictor: Predictor, writers: list[SourceWriter], folder, names: list[str], batch_size: int,
          score_threshold: float, overlays: bool, coco_json: bool, mask_threshold: float,
-         skipped: list[str] | None, progress: bool | None, tqdm) -> dict:
+         skipped: list[str] | None, progress: bool | None, tqdm,
+         on_source_done: Callable[[SourceWriter, list[dict], list[dict], list[str]], None] | None = None,
+         write_run_files: bool = True) -> dict:
+    """Predict the pages of ``writers``' sources in order.
+
+    ``on_source_done(writer, rows, coco, bad)`` is called after each source's last page with its
+    summary rows, COCO entries and unreadable pages (a sharded run journals them); without
+    ``write_run_files`` the caller writes summary.csv / coco_results.json itself.
+    """
     reader = PageReader()
     summary = SummaryTable(names)
     coco: list[dict] = []
@@ -105,14 +113,18 @@ def _run(predictor: Predictor, writers: list[SourceWriter], folder, names: list[
     if volumes.decodes_volumes(predictor):  # 3D stacks: one 3D label TIFF per volume
         volume_writers = [w for w in writers if volumes.is_volume_source(w.source)]
         for writer in volume_writers:
+            first_row = len(summary.rows)
             done += volumes.predict_volume_source(predictor, writer, folder.save, summary, mask_threshold)
             writer.finish(folder.save, reader)
+            if on_source_done is not None:
+                on_source_done(writer, summary.rows[first_row:], [], [])
         writers = [w for w in writers if all(w is not v for v in volume_writers)]
     with_context = volumes.needs_context(predictor)
     ranges = {id(w.source): source_intensity_range(w.source, reader, bad_pages) for w in writers}
     by_source = {id(w.source): w for w in writers}
     total = sum(len(w.source.pages) for w in writers)
     image_id = 0
+    spans: dict[int, list[int]] = {}  # id(source) -> its [first row, end row, first COCO entry, end entry]
     with tqdm(total=total, desc="predict", unit="img", disable=(None if progress is None else not progress)) as bar:
         for batch in _batched_pages([w.source for w in writers], batch_size):
             readable = []
@@ -144,6 +156,7 @@ def _run(predictor: Predictor, writers: list[SourceWriter], folder, names: list[
                                         batch_size, extra)
                 for (source, page, image), all_instances in zip(chunk, results):
                     writer = by_source[id(source)]
+                    span = spans.setdefault(id(source), [len(summary.rows), 0, len(coco), 0])
                     if coco_json:
                         coco.extend(coco_results(all_instances, image_id, page.label, page.frame, names, mask_threshold))
                     instances = _threshold(all_instances, score_threshold)
@@ -152,15 +165,22 @@ def _run(predictor: Predictor, writers: list[SourceWriter], folder, names: list[
                     summary.add(page, output, instances, mask_threshold)
                     if overlays:
                         writer.write_overlay(page, image, instances, folder.save)
+                    span[1], span[3] = len(summary.rows), len(coco)
                     image_id += 1
                     done += 1
                 start = stop
             for source, page in batch:
                 if page is source.pages[-1]:
                     by_source[id(source)].finish(folder.save, reader)
+                    if on_source_done is not None:
+                        rows_from, rows_to, coco_from, coco_to = spans.pop(id(source), [0, 0, 0, 0])
+                        bad = [bad_pages[p.label] for p in source.pages if bad_pages and p.label in bad_pages]
+                        on_source_done(by_source[id(source)], summary.rows[rows_from:rows_to],
+                                       coco[coco_from:coco_to], bad)
             bar.update(len(batch))
-    folder.save(os.path.join(folder.output_dir, "summary.csv"), summary.write)
-    if coco_json:
+    if write_run_files:
+        folder.save(os.path.join(folder.output_dir, "summary.csv"), summary.write)
+    if coco_json and write_run_files:
         folder.save(os.path.join(folder.output_dir, "coco_results.json"),
                     lambda path: atomic_save_json(path, coco, indent=None))
     all_skipped = list(skipped or []) + [error for error in (bad_pages or {}).values()]
