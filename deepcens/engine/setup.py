@@ -58,6 +58,9 @@ def prepare_datasets(cfg: CfgNode) -> None:
                            num_val=num_val, num_eval=num_eval, size=cfg.DATASETS.SYNTHETIC.SIZE)
         comm.synchronize()
     evican.register_evican_from_cfg(cfg)
+    from deepcens.data.cellseg import register_cellseg_from_cfg
+
+    register_cellseg_from_cfg(cfg)
 
 
 def quiet_console() -> None:

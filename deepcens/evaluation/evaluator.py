@@ -2,7 +2,9 @@
 
 Per image it turns the predicted ``Instances`` into COCO results (RLE masks) and, rendered
 into label images (overlaps resolved by score), into CTC SEG/DET sums against the GT label
-image (TRA markers for DET when the dataset has them). At the end it scores COCO bbox/segm AP
+image (TRA markers for DET when the dataset has them) and, on fully labelled images, into
+instance F1 counts at IoU 0.5 and foreground Dice (:mod:`deepcens.evaluation.matching`;
+result task ``F1``). At the end it scores COCO bbox/segm AP
 (maxDets = ``TEST.DETECTIONS_PER_IMAGE``) on a GT COCO dict built in memory, pools the CTC
 sums (overall, per class, per CTC dataset and sequence) and writes ``per_image.json``.
 """
@@ -30,6 +32,7 @@ from deepcens.data.io import read_label
 from deepcens.errors import DeepcensInputError
 from deepcens.evaluation.coco import build_coco_dict, evaluate_coco, ground_truth_annotations, label_annotations
 from deepcens.evaluation.ctc_measures import CTCCounts, LabelMatch, det_counts, match_label_images, seg_counts
+from deepcens.evaluation.matching import F1Counts, f1_counts
 from deepcens.postprocess.instances import instance_masks, instances_to_label_image
 
 logger = logging.getLogger(__name__)
@@ -72,6 +75,24 @@ def _read_labels(record: dict, path_key: str) -> np.ndarray:
         reader = read_ctc_labels if path_key == "label_file_name" else read_ctc_markers
         return reader(record)
     return read_label(record[path_key], (int(record["height"]), int(record["width"])))
+
+
+def f1_results(per_image: list[F1Counts]) -> dict[str, float]:
+    """Instance F1 at IoU 0.5 over a dataset: ``F1`` is the mean of the per-image F1 (the
+    challenge's score; images without objects and predictions are left out), ``precision``,
+    ``recall`` and ``F1_pooled`` come from the pooled counts; ``Dice`` is the mean per-image
+    foreground Dice, ``Dice_pooled`` over all pixels."""
+    pooled = F1Counts()
+    for counts in per_image:
+        pooled = pooled + counts
+    image_f1 = [c.f1() for c in per_image if not math.isnan(c.f1())]
+    image_dice = [c.dice() for c in per_image if not math.isnan(c.dice())]
+    return {
+        "F1": float(np.mean(image_f1)) if image_f1 else float("nan"),
+        "precision": pooled.precision(), "recall": pooled.recall(), "F1_pooled": pooled.f1(),
+        "TP": pooled.tp, "FP": pooled.fp, "FN": pooled.fn, "images": len(per_image),
+        "Dice": float(np.mean(image_dice)) if image_dice else float("nan"), "Dice_pooled": pooled.dice(),
+    }
 
 
 def _nan_to_none(value: float | None) -> float | None:
@@ -209,6 +230,7 @@ class CellEvaluator(DatasetEvaluator):
 
         per_class: dict[int, CTCCounts] = {}
         proxy = np.zeros((len(PROXY_THRESHOLDS), 3), dtype=np.int64)
+        f1 = F1Counts() if coco_eligible else None  # instance F1 / Dice: fully labelled images only
         rendered = 0
         if self._ctc_metrics and (gt_labels or markers is not None):
             single_class = len(self._class_names) == 1
@@ -227,6 +249,7 @@ class CellEvaluator(DatasetEvaluator):
                     counts.seg_frames = 1
                     if coco_eligible:
                         proxy += ap_proxy_counts(seg_match)
+                        f1 = f1 + f1_counts(gt_seg, pred, match=seg_match)
                     rendered += len(seg_match.comp_ids)
                 det_match = match_label_images(class_markers, pred) if class_markers is not None else seg_match
                 counts.det_split, counts.det_fn, counts.det_fp, counts.det_num_ref = det_counts(det_match)
@@ -235,6 +258,9 @@ class CellEvaluator(DatasetEvaluator):
                     rendered += len(det_match.comp_ids)
                 per_class[c] = counts
         payload["ctc"] = per_class
+        payload["f1"] = f1 if per_class and f1 is not None and any(c.seg_frames for c in per_class.values()) else None
+        info["F1"] = _nan_to_none(payload["f1"].f1()) if payload["f1"] is not None else None
+        info["Dice"] = _nan_to_none(payload["f1"].dice()) if payload["f1"] is not None else None
         total = CTCCounts()
         for counts in per_class.values():
             total = total + counts
@@ -274,6 +300,8 @@ class CellEvaluator(DatasetEvaluator):
                 results["segm"] = evaluate_coco(gt_dict, dt, "segm", self._max_dets, self._class_names, self._backend)
         if self._ctc_metrics and any(p["ctc"] for p in predictions):
             results["ctc"] = self._ctc_results(predictions)
+        if any(p.get("f1") is not None for p in predictions):
+            results["F1"] = f1_results([p["f1"] for p in predictions if p.get("f1") is not None])
         if self._output_dir and comm.is_main_process():
             self._write(predictions, results)
         return results

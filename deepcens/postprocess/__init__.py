@@ -5,3 +5,4 @@ from deepcens.postprocess.instances import (  # noqa: F401
     label_image_to_instances,
 )
 from deepcens.postprocess import decoders  # noqa: F401  (DECODER_REGISTRY)
+from deepcens.postprocess import interior_boundary  # noqa: F401,E402  (DECODER_REGISTRY: interior_boundary)
