@@ -16,6 +16,7 @@ $(STAMP): requirements.txt requirements-test.txt setup.py pyproject.toml scripts
 	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
 	bash scripts/install_detectron2.sh $(PY)
 	$(PY) -m pip install -q --no-deps resnest==0.0.5
+	$(PY) -m pip install -q --no-deps timm==1.0.31
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -c "import deepcens, detectron2, resnest.torch; print('deepcens ready')"
 	@touch $(STAMP)

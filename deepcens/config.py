@@ -41,6 +41,13 @@ def _add_data_config(cfg: CN) -> None:
     cfg.DATASETS.SYNTHETIC.SIZE = 128  # synthetic image side in pixels
     cfg.DATASETS.BAD_INPUT_POLICY = "fail"  # training data that cannot be read: fail | skip (counted, warned at the end)
     cfg.DATASETS.VAL = ()  # datasets for periodic validation loss / AP during training
+    cfg.DATASETS.CTC = CN()
+    cfg.DATASETS.CTC.CONFIGURATION = ""  # XB-Net Table 2 data configuration: GT | ST | GT+ST | allGT | allST | allGT+allST; "" = none registered
+    cfg.DATASETS.CTC.NAMES = []  # CTC data sets of that configuration, e.g. ["Fluo-N2DH-SIM+"] (registered as ctc_<name>_<configuration>_{train,val})
+    cfg.DATASETS.CTC.SEQUENCES = []  # sequences to use, e.g. ["01", "02"]; empty = every sequence present
+    cfg.DATASETS.CTC.VAL_FRACTION = 0.1  # GT / ST configurations: share of labelled frames that validate (paper: 10 %)
+    cfg.DATASETS.CTC.SEED = 0  # seed of the train / validation frame split
+    cfg.DATASETS.CTC.ROOT = ""  # CTC root folder; "" = $DEEPCENS_CTC_ROOT or the default CTC root
     cfg.DATALOADER.DETERMINISTIC = True  # seed the sampler and workers so a resumed run sees the same data order
 
 
@@ -69,6 +76,9 @@ def _add_anchor_config(cfg: CN) -> None:
     # ---- small anchors -----------------------------------------------------------------------
     cfg.MODEL.ANCHOR_GENERATOR.FLAT_SIZES = []  # paper-style flat anchor size list, spread over FPN levels by FlatSizesAnchorGenerator
     cfg.MODEL.ANCHOR_GENERATOR.FLAT_SIZES_MAPPING = "all_levels"  # all_levels: every size on every level | split: ceil(n/L) consecutive sizes per level (docs/anchors.md)
+    # ---- cascade mask branch (DeepcensCascadeROIHeads) -------------------------------------------
+    cfg.MODEL.ROI_MASK_HEAD.CASCADE_STAGES = "first"  # mask head trained on the first | last cascade stage's proposals, or one head per stage (all)
+    cfg.MODEL.ROI_MASK_HEAD.STAGE_LOSS_WEIGHTS = ()  # CASCADE_STAGES all: mask-loss weight per stage; empty = 1 for every stage
 
 
 def _add_dense_config(cfg: CN) -> None:
@@ -105,8 +115,9 @@ def _add_dense_config(cfg: CN) -> None:
     cfg.MODEL.DENSE.XBNET.RESIDUAL_SCALE = 0.2  # scale of the residual dense block's output before the skip sum
     cfg.MODEL.DENSE.XBNET.ASPP = True  # ASPP with skip at the bottleneck
     cfg.MODEL.DENSE.XBNET.ASPP_DILATIONS = (6, 12, 18)  # dilated ASPP pathways (plus a 1x1 and an image-pooling pathway)
+    cfg.MODEL.DENSE.XBNET.ASPP_POOL_NORM = False  # GroupNorm after the image-pooling pathway's 1x1 conv (authors' code: True, 11,375,683 parameters)
     cfg.MODEL.DENSE.UNET = CN()
-    cfg.MODEL.DENSE.UNET.ENCODER = "vgg"  # vgg | resnet50 | resnext50 (paper Sec. 4.3 backbones)
+    cfg.MODEL.DENSE.UNET.ENCODER = "vgg"  # vgg | resnet50 | resnext50 | xception | densenet201 | resden (paper Sec. 4.3 backbones)
     cfg.MODEL.DENSE.UNET.BASE_CHANNELS = 64  # VGG maps at the first stage, doubling per stage (original U-Net: 64)
     cfg.MODEL.DENSE.UNET.DEPTH = 5  # VGG stages incl. the bottleneck (paper Base: 5, Depth6: 6)
     cfg.MODEL.DENSE.UNET.NORM = "BN"  # BN | GN | SyncBN | naiveSyncBN (paper Base: BN, Groupnorm: GN)
@@ -118,21 +129,30 @@ def _add_dense_config(cfg: CN) -> None:
     # dense mapper (DenseTargetMapper)
     cfg.INPUT.DENSE = CN()
     cfg.INPUT.DENSE.CROP_SIZE = 256  # random square training crop side; -1 = the image's short side (paper CTC setting); 0 = whole image
-    cfg.INPUT.DENSE.DATASET_CROP_SIZES = []  # per-dataset crop sides, "name:size" strings (name = ctc_dataset of the dicts)
+    cfg.INPUT.DENSE.DATASET_CROP_NAMES = []  # datasets with their own crop side (ctc_dataset of the dicts), parallel to DATASET_CROP_SIZES
+    cfg.INPUT.DENSE.DATASET_CROP_SIZES = []  # crop side of each DATASET_CROP_NAMES entry (same meaning as CROP_SIZE)
     cfg.INPUT.DENSE.CONTEXT_PAD = 8  # reflection padding around training crops, loss ignored there (paper: 8; 16 for 6 stages)
     cfg.INPUT.DENSE.FLIP = True  # random horizontal / vertical flips in training
     cfg.INPUT.DENSE.ROTATE_90 = True  # random 90-degree rotations in training
     # XB-Net training: cosine annealing with warm restarts, universal-training schemes
     cfg.SOLVER.COSINE_RESTARTS = ()  # LR_SCHEDULER_NAME CosineWarmRestarts: iterations where the LR jumps back to BASE_LR (paper: epochs 100, 300, 700)
+    cfg.SOLVER.EPOCHS = 0  # > 0: MAX_ITER = EPOCHS x iterations per epoch of the training data (XB-Net Table 3), set at start
+    cfg.SOLVER.RESTART_EPOCHS = ()  # with EPOCHS: epochs where the cosine schedule restarts (replaces COSINE_RESTARTS)
     cfg.SOLVER.SCHEME_SEED = 0  # seed of the Shu / Cho dataset order (same on every rank, resumable: derived from the iteration)
 
 
 def _add_solver_config(cfg: CN) -> None:
     # ---- solver / schedule -------------------------------------------------------------------
     cfg.SOLVER.OPTIMIZER = "SGD"  # SGD | AdamW
-    cfg.SOLVER.TRAIN_SCHEME = "single"  # training loop in TRAIN_LOOP_REGISTRY (single | Mix | Seq | Fix | Shu | Cho | Acc)
+    cfg.SOLVER.AMSGRAD = False  # AdamW's AMSGrad variant (torch default False)
+    cfg.SOLVER.TRAIN_SCHEME = "Single"  # training loop in TRAIN_LOOP_REGISTRY (Single | Mix | Seq | Fix | Shu | Cho | Acc)
+    if "PRECISION" not in cfg.SOLVER.AMP:
+        cfg.SOLVER.AMP.PRECISION = "float16"  # autocast dtype with SOLVER.AMP.ENABLED: float16 (CUDA) | bfloat16 (CUDA or CPU)
     cfg.SOLVER.BEST_CHECKPOINT_METRIC = ""  # e.g. "segm/AP": keep model_best.pth by this validation metric; "" = off
     cfg.SOLVER.BEST_CHECKPOINT_MODE = "max"  # max | min for BEST_CHECKPOINT_METRIC
+    cfg.SOLVER.BEST_CHECKPOINT_CRITERION = "metric"  # metric | loss (lowest validation loss) | metric_then_loss (metric, ties within TOLERANCE broken by lower validation loss)
+    cfg.SOLVER.BEST_CHECKPOINT_TOLERANCE = 0.0  # metric_then_loss: metric differences up to this count as ties
+    cfg.SOLVER.BEST_CHECKPOINT_AGGREGATE = "single"  # single: the metric key as given | mean_over_datasets: mean of <dataset>/<metric> over DATASETS.VAL
     cfg.SOLVER.VAL_LOSS_PERIOD = 0  # iterations between validation-loss passes over DATASETS.VAL (0 = off)
 
 
@@ -140,6 +160,8 @@ def _add_evaluation_config(cfg: CN) -> None:
     # ---- evaluation --------------------------------------------------------------------------
     cfg.TEST.EVALUATOR = "CellEvaluator"  # evaluator class used by tools/train_net.py
     cfg.TEST.DETECTIONS_PER_IMAGE = 500  # COCO maxDets and model cap: cell images hold hundreds of objects
+    cfg.TEST.EVAL_PERIOD_EPOCHS = 0  # with SOLVER.EPOCHS: evaluate every this many epochs (replaces EVAL_PERIOD)
+    cfg.TEST.EVAL_ON_TRAIN = False  # periodic evaluation also scores DATASETS.TRAIN (keys prefixed train/), as XB-Net Sec. 5.4
     cfg.TEST.CTC_METRICS = True  # also compute CTC SEG / DET / OP_CSB from rendered label images
     cfg.TEST.COCO_BACKEND = "faster_coco_eval"  # faster_coco_eval | pycocotools
     cfg.TEST.MASK_THRESHOLD = 0.5  # probability at which soft masks become binary
@@ -149,14 +171,15 @@ def _add_evaluation_config(cfg: CN) -> None:
 def _add_reliability_config(cfg: CN) -> None:
     # ---- reliability -------------------------------------------------------------------------
     cfg.SOLVER.STOP_ON_NONFINITE_LOSS = True  # stop with a clear message on NaN/inf loss
-    cfg.ALLOW_UNSAFE_CHECKPOINTS = False  # allow checkpoints that need arbitrary unpickling (torch.load weights_only=False)
-    cfg.DIST_TIMEOUT_SECONDS = 300  # a rank waiting longer than this on a dead peer exits with an error
+    cfg.RUN = CN()
+    cfg.RUN.ALLOW_UNSAFE_CHECKPOINTS = False  # allow checkpoints that need arbitrary unpickling (torch.load weights_only=False)
+    cfg.RUN.DIST_TIMEOUT_SECONDS = 300  # a rank waiting longer than this on a dead peer exits with an error
 
 
 def _add_output_config(cfg: CN) -> None:
     # ---- outputs -----------------------------------------------------------------------------
-    cfg.OUTPUT_OVERLAYS = 4  # prediction overlay PNGs written after evaluation in train_net
-    cfg.CONSOLE = "full"  # full: detectron2's console log | progress: progress bar and final table (full log in OUTPUT_DIR/log.txt)
+    cfg.RUN.OUTPUT_OVERLAYS = 4  # prediction overlay PNGs written after evaluation in train_net
+    cfg.RUN.CONSOLE = "full"  # full: detectron2's console log | progress: progress bar and final table (full log in OUTPUT_DIR/log.txt)
 
 
 def _add_dints_config(cfg: CN) -> None:

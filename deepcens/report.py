@@ -1,10 +1,6 @@
-"""Looking at results: training curves (``tools/plot_metrics.py``) and a visual evaluation
-report (``tools/report.py``).
+"""The visual evaluation report (``deepcens report``; training curves are :mod:`deepcens.plots`).
 
-- :func:`plot_metrics` turns a run's ``metrics.json`` (detectron2's JSONWriter: one JSON
-  object per line) into ``loss.png`` (training and validation total loss) and ``metrics.png``
-  (validation AP / CTC measures over iterations), the DeepCeNS paper's Fig. 2.
-- :func:`build_report` turns an evaluated run folder (``evaluation.json`` / ``evaluation.md``
+:func:`build_report` turns an evaluated run folder (``evaluation.json`` / ``evaluation.md``
   from :func:`deepcens.evaluation.write_reports`, and per dataset
   ``inference/<dataset>/per_image.json`` + ``coco_instances_results.json`` from the
   ``CellEvaluator``) into ``report.html`` and ``report.md``: the metric tables, then per dataset
@@ -15,149 +11,23 @@ report (``tools/report.py``).
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import html
 import io
-import json
 import logging
 import math
 import os
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from deepcens.data.io import read_json
-from deepcens.errors import DeepcensInputError, exit_2_on_input_error
+from deepcens.errors import DeepcensInputError
 from deepcens.utils.atomic import atomic_save_bytes, atomic_write
 
 logger = logging.getLogger(__name__)
 
-LOSS_KEYS = ("total_loss", "val_total_loss")
-DEFAULT_METRIC_PATTERNS = ("*segm/AP", "*bbox/AP", "*SEG", "*DET", "*OP_CSB")
 SCORE_KEYS = ("segm_ap_proxy", "SEG", "DET")  # per-image ranking, first one present wins
 DIFFICULTY_ORDER = {"easy": 0, "medium": 1, "difficult": 2}
-
-
-# ---- metrics.json -> plots ---------------------------------------------------------------------
-def read_metrics(path: str) -> list[dict]:
-    """Records of a detectron2 ``metrics.json`` (JSON lines); a torn last line is skipped with a warning."""
-    if not os.path.isfile(path):
-        raise DeepcensInputError(path, "metrics file not found (is this a training output folder?)")
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.read().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # a run killed while writing
-                logger.warning(f"{path}: skipping incomplete last line {number}")
-                continue
-            raise DeepcensInputError(path, f"line {number} is not JSON") from None
-        if isinstance(record, dict) and "iteration" in record:
-            records.append(record)
-    if not records:
-        raise DeepcensInputError(path, "no metrics record with an 'iteration'")
-    return records
-
-
-def metric_series(records: Iterable[dict], key: str) -> tuple[list[int], list[float]]:
-    """(iterations, values) of one scalar; later records of a resumed run replace earlier ones."""
-    by_iteration: dict[int, float] = {}
-    for record in records:
-        value = record.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            by_iteration[int(record["iteration"])] = float(value)
-    iterations = sorted(by_iteration)
-    return iterations, [by_iteration[i] for i in iterations]
-
-
-def matching_keys(records: Sequence[dict], patterns: Sequence[str]) -> list[str]:
-    """Scalar keys matching any fnmatch pattern, in first-seen order."""
-    keys: list[str] = []
-    for record in records:
-        for key in record:
-            if key not in keys and any(fnmatch.fnmatchcase(key, p) for p in patterns):
-                keys.append(key)
-    return keys
-
-
-def _save_figure(figure, path: str) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    atomic_save_bytes(path, buffer.getvalue())
-    return path
-
-
-def _is_ctc_key(key: str) -> bool:
-    return "ctc/" in key or key.rsplit("/", 1)[-1].split("-")[0] in ("SEG", "DET", "OP_CSB")
-
-
-def plot_metrics(output_dir: str, plot_dir: str | None = None,
-                 metric_patterns: Sequence[str] = DEFAULT_METRIC_PATTERNS) -> dict[str, str]:
-    """Write ``loss.png`` and (when validation metrics exist) ``metrics.png``; returns {name: path}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    records = read_metrics(os.path.join(output_dir, "metrics.json"))
-    plot_dir = plot_dir or os.path.join(output_dir, "plots")
-    written: dict[str, str] = {}
-    loss_keys = [k for k in LOSS_KEYS if metric_series(records, k)[0]]
-    if loss_keys:
-        figure, axis = plt.subplots(figsize=(6, 4))
-        for key in loss_keys:
-            iterations, values = metric_series(records, key)
-            axis.plot(iterations, values, marker="o" if len(values) < 30 else None, markersize=3,
-                      label="training loss" if key == "total_loss" else "validation loss")
-        axis.set_xlabel("iteration")
-        axis.set_ylabel("loss")
-        axis.set_title("Training and validation loss")
-        axis.grid(alpha=0.3)
-        axis.legend()
-        written["loss"] = _save_figure(figure, os.path.join(plot_dir, "loss.png"))
-        plt.close(figure)
-    metric_keys = [k for k in matching_keys(records, metric_patterns) if metric_series(records, k)[0]]
-    # COCO AP is in percent, CTC measures in 0..1: one panel each so neither is flattened.
-    groups = [(title, ylabel, keys) for title, ylabel, keys in (
-        ("Validation COCO AP", "AP (%)", [k for k in metric_keys if not _is_ctc_key(k)]),
-        ("Validation CTC measures", "SEG / DET / OP_CSB", [k for k in metric_keys if _is_ctc_key(k)])) if keys]
-    if groups:
-        figure, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4), squeeze=False)
-        for axis, (title, ylabel, keys) in zip(axes[0], groups):
-            for key in keys:
-                iterations, values = metric_series(records, key)
-                axis.plot(iterations, values, marker="o", markersize=3, label=key)
-            axis.set_xlabel("iteration")
-            axis.set_ylabel(ylabel)
-            axis.set_title(title)
-            axis.grid(alpha=0.3)
-            axis.legend(fontsize="small")
-        written["metrics"] = _save_figure(figure, os.path.join(plot_dir, "metrics.png"))
-        plt.close(figure)
-    if not written:
-        raise DeepcensInputError(os.path.join(output_dir, "metrics.json"),
-                                 f"none of {list(LOSS_KEYS)} or {list(metric_patterns)} is recorded")
-    return written
-
-
-@exit_2_on_input_error
-def plot_metrics_main(argv: list[str] | None = None) -> int:
-    """``tools/plot_metrics.py OUTPUT_DIR``; exit 2 with a one-line error on bad input."""
-    parser = argparse.ArgumentParser(description="Plot loss and validation metrics of a training run "
-                                     "from OUTPUT_DIR/metrics.json")
-    parser.add_argument("output_dir", help="training output folder holding metrics.json")
-    parser.add_argument("--output", default="", help="folder for the PNGs (default OUTPUT_DIR/plots)")
-    parser.add_argument("--metric", action="append", default=None, metavar="PATTERN",
-                        help=f"metric key pattern (fnmatch), repeatable; default {' '.join(DEFAULT_METRIC_PATTERNS)}")
-    args = parser.parse_args(argv)
-    written = plot_metrics(args.output_dir, args.output or None, tuple(args.metric or DEFAULT_METRIC_PATTERNS))
-    for path in written.values():
-        print(path)
-    return 0
 
 
 # ---- evaluation -> visual report ---------------------------------------------------------------
@@ -381,17 +251,20 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-@exit_2_on_input_error
-def report_main(argv: list[str] | None = None) -> int:
-    """``tools/report.py EVAL_DIR [--config-file CFG]``; exit 2 with a one-line error on bad input."""
-    parser = argparse.ArgumentParser(description="HTML / Markdown report of an evaluation: metric tables and "
-                                     "image | ground truth | prediction panels, best and worst images first")
+PARSE_INTERMIXED = True  # options may follow the KEY VALUE overrides
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``report`` options."""
     parser.add_argument("eval_dir", help="run output folder (evaluation.json, inference/<dataset>/per_image.json)")
     parser.add_argument("--config-file", default="", help="the run's config: registers its datasets for the GT panels")
     parser.add_argument("--output", default="", help="report folder (default EVAL_DIR/report)")
     parser.add_argument("--count", type=int, default=3, help="best and worst images shown per dataset")
     parser.add_argument("opts", nargs="*", default=[], help="config overrides KEY VALUE ...")
-    args = parser.parse_intermixed_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the report and print the path of report.html."""
     import deepcens  # noqa: F401  (dataset registrations)
 
     if args.config_file:

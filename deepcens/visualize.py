@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from detectron2.structures import Boxes, Instances
 
+from deepcens.data.io import encode_png
 from deepcens.postprocess.instances import instance_masks
 from deepcens.utils.atomic import atomic_save_bytes
 
@@ -135,17 +136,6 @@ def _draw_legend(canvas: np.ndarray, entries: list[tuple[str, tuple[int, int, in
     for row, (name, color) in enumerate(entries):
         cv2.putText(canvas, name, (4, line * (row + 1) - 4), cv2.FONT_HERSHEY_SIMPLEX, font_scale, color, 1,
                     cv2.LINE_AA)
-
-
-def encode_png(image_rgb: np.ndarray) -> bytes:
-    """PNG bytes of an RGB (or grayscale) uint8 image."""
-    image = np.asarray(image_rgb)
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, buffer = cv2.imencode(".png", image)
-    if not ok:
-        raise ValueError(f"cannot encode an image of shape {image.shape} as PNG")
-    return buffer.tobytes()
 
 
 def write_overlay(

@@ -154,10 +154,31 @@ def train_cfg(cfg, resume: bool, stop_after: int | None = None, keep_trainer: bo
     return report
 
 
+def pause_in_save(checkpoint_name: str, seconds: float) -> None:
+    """Make this process sleep ``seconds`` inside the save of ``checkpoint_name`` (``model_0000003``):
+    the data is in the temporary file, the rename to ``NAME.pth`` has not happened, and
+    ``deepcens-test: sleeping in save of NAME`` was printed to stderr, so a test can kill it mid-save."""
+    import time
+
+    original_replace = os.replace
+
+    def pause_then_replace(source, destination, *args, **kwargs):
+        if os.path.basename(os.fspath(destination)) == f"{checkpoint_name}.pth":
+            print(f"deepcens-test: sleeping in save of {checkpoint_name}", file=sys.stderr, flush=True)
+            time.sleep(seconds)
+        return original_replace(source, destination, *args, **kwargs)
+
+    os.replace = pause_then_replace
+
+
 if __name__ == "__main__":
     arguments = sys.argv[1:]
     resume_flag = "--resume" in arguments
     arguments = [a for a in arguments if a != "--resume"]
+    if arguments and arguments[0] == "--pause-in-save":  # --pause-in-save NAME:SECONDS
+        target, _, pause_seconds = arguments[1].rpartition(":")
+        pause_in_save(target, float(pause_seconds))
+        arguments = arguments[2:]
     report = train(arguments[0], resume_flag, arguments[1:])
     with open(os.path.join(arguments[0], "run_report.json"), "w") as handle:
         json.dump(report, handle)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import deepcens  # noqa: F401  (registers FlatSizesAnchorGenerator)
 from deepcens import add_deepcens_config
-from deepcens.modeling.anchors import FlatSizesAnchorGenerator, flat_sizes_to_levels
+from deepcens.modeling.anchors import FlatSizesAnchorGenerator, anchor_level_sizes, flat_sizes_to_levels
 
 CELL_SIZES = [2, 6, 17, 31, 64, 127, 256, 512, 1024]  # DeepCeNS VI-A (also VI-C)
 NUCLEUS_SIZES = [2, 6, 8, 12, 17, 24, 31, 64, 127, 256]  # DeepCeNS VI-B
@@ -85,7 +85,7 @@ def test_generated_anchors_cover_exactly_the_paper_sizes_and_ratios(sizes, mappi
     assert got_ratios == set(RATIOS)
     for level, (shape, boxes) in enumerate(zip(FPN_SHAPES, anchors)):
         assert len(boxes) == (1024 // shape.stride) ** 2 * per_location
-    assert generator.level_sizes == flat_sizes_to_levels(sizes, 5, mapping)
+    assert anchor_level_sizes(generator) == flat_sizes_to_levels(sizes, 5, mapping)
 
 
 def test_empty_flat_sizes_behaves_like_default_generator():
@@ -118,7 +118,7 @@ def test_rpn_builds_and_runs_with_flat_sizes(sizes, mapping):
     assert len(proposals) == 1 and len(proposals[0]) > 0
 
 
-# ---- best_anchor_iou and tools/anchor_stats.py ------------------------------------------------
+# ---- best_anchor_iou and deepcens.analysis.anchor_stats ------------------------------------------------
 
 def _generators():
     default = _cfg([])
@@ -144,18 +144,19 @@ def test_best_anchor_iou_equals_brute_force_over_the_grid(generator):
     assert torch.allclose(best_anchor_iou(boxes, (height, width), generator), brute, atol=1e-6)
 
 
-def _anchor_stats_tool():
-    import importlib.util
-    from pathlib import Path
+def _anchor_stats(argv: list[str]) -> int:
+    """``deepcens anchors`` / ``tools/anchor_stats.py`` with ``argv``: parse, run, exit status."""
+    import argparse
 
-    path = Path(__file__).resolve().parents[1] / "tools" / "anchor_stats.py"
-    spec = importlib.util.spec_from_file_location("anchor_stats_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from deepcens.analysis import anchor_stats
+    from deepcens.errors import exit_2_on_input_error
+
+    parser = argparse.ArgumentParser()
+    anchor_stats.add_arguments(parser)
+    return exit_2_on_input_error(anchor_stats.run)(parser.parse_args(argv))
 
 
-def test_anchor_stats_tool_on_polygon_json(tmp_path):
+def test_anchor_stats_on_polygon_json(tmp_path):
     import json
     from pathlib import Path
 
@@ -171,8 +172,7 @@ def test_anchor_stats_tool_on_polygon_json(tmp_path):
     json_file.write_text(json.dumps(data))
     config = Path(__file__).resolve().parents[1] / "configs" / "evican_nucleus.yaml"
     out = tmp_path / "out"
-    tool = _anchor_stats_tool()
-    assert tool.main(["--json", str(json_file), "--config-file", str(config), "--resize", "256", "256",
+    assert _anchor_stats(["--json", str(json_file), "--config-file", str(config), "--resize", "256", "256",
                       "--out", str(out)]) == 0
     stats = json.loads((out / "anchor_stats.json").read_text())
     sets = stats["anchor_sets"]
@@ -185,9 +185,9 @@ def test_anchor_stats_tool_on_polygon_json(tmp_path):
     assert (out / "sizes_Cell.png").read_bytes()[:4] == b"\x89PNG" and (out / "anchor_stats.md").is_file()
 
 
-def test_anchor_stats_tool_reports_bad_json(tmp_path, capsys):
+def test_anchor_stats_reports_bad_json(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('{"images": [], "annotations": [{"id": 3, "image_id": 9, "category_id": 1}], "categories": []}')
-    assert _anchor_stats_tool().main(["--json", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert _anchor_stats(["--json", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(bad) in err and "missing image" in err

@@ -268,3 +268,30 @@ def test_unreadable_or_wrong_kind_files_are_reported(tmp_path):
     tifffile.imwrite(tmp_path / "Fake-2D" / "01" / "t000.tif", np.zeros((24, 20, 3), np.uint8))
     with pytest.raises(DeepcensInputError, match="t000.tif: expected a grayscale"):
         _load(tmp_path)
+
+
+def test_gt_plus_st_keeps_gt_frames_of_3d_sequences(tmp_path):
+    """The authors drop GT frames from ST training in their 2D preparation only; 3D keeps them."""
+    make_ctc_tree(tmp_path, dataset="Fake-3D", frames=4, gt_frames=(1, 3), shape=(3, 24, 20))
+    names = ctc.register_ctc_configuration("GT+ST", ["Fake-3D"], str(tmp_path), prefix="t3d")
+    train = DatasetCatalog.get(names["train"][0])
+    assert sorted({d["frame"] for d in train}) == [0, 1, 2, 3]
+    assert len(train) == 4 * 3  # every plane of every ST volume
+
+
+def test_data_configuration_key_registers_the_papers_split_on_shared_data(shared_data):
+    """DATASETS.CTC selects a Table 2 configuration from the config: GT only = 90/10 over all GT
+    frames of the data set (here SIM+ 01, 65 fully labelled frames)."""
+    from deepcens.engine.setup import load_config, prepare_datasets
+
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", "xbnet", "xbnet_fluo_n2dh_sim.yaml")
+    cfg = load_config(config, ["DATASETS.CTC.ROOT", str(shared_data / "ctc"), "MODEL.DEVICE", "cpu"])
+    assert cfg.DATASETS.CTC.CONFIGURATION == "GT" and list(cfg.DATASETS.CTC.NAMES) == ["Fluo-N2DH-SIM+"]
+    prepare_datasets(cfg)
+    (train_name,), (val_name,) = cfg.DATASETS.TRAIN, cfg.DATASETS.VAL
+    train, val = DatasetCatalog.get(train_name), DatasetCatalog.get(val_name)
+    frames = lambda ds: {(d["sequence"], d["frame"]) for d in ds}  # noqa: E731
+    assert len(frames(val)) == 6 and len(frames(train)) == 59  # round(0.1 * 65) validate
+    assert not frames(train) & frames(val)
+    assert frames(train) | frames(val) == {("01", t) for t in range(65)}
+    assert all(d["label_source"] == "GT" and d["ctc_dataset"] == "Fluo-N2DH-SIM+" for d in train + val)

@@ -133,15 +133,10 @@ def test_overrides_parse_and_select_by_dataset_or_ctc_name():
 
 
 def test_grid_search_tool_picks_thresholds_that_remove_speckles_and_fill_holes(shared_data):
-    import importlib.util
-    from pathlib import Path
-
     import tifffile
 
-    path = Path(__file__).resolve().parents[1] / "tools" / "grid_search_postprocess.py"
-    spec = importlib.util.spec_from_file_location("grid_search_postprocess", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from deepcens.analysis import grid_search as tool
+
     rng = np.random.default_rng(0)
     probabilities, references = [], []
     for frame in (50, 60):
@@ -172,42 +167,43 @@ class _ThresholdModel(torch.nn.Module):
         self.decode = build_decoder(cfg)
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
+    def output_probabilities(self, item):
+        image = item["image"].float()[:1][None]
+        image = torch.nn.functional.interpolate(image, size=(item["height"], item["width"]), mode="bilinear")[0, 0]
+        bright = (image > image.mean()).float()
+        return torch.stack([1 - bright, torch.full_like(bright, 0.1), bright]).softmax(0)
+
     def forward(self, batched_inputs):
-        outputs = []
-        for item in batched_inputs:
-            image = item["image"].float()[:1][None]
-            image = torch.nn.functional.interpolate(image, size=(item["height"], item["width"]), mode="bilinear")[0, 0]
-            bright = (image > image.mean()).float()
-            scores = torch.stack([1 - bright, torch.full_like(bright, 0.1), bright]).softmax(0)
-            outputs.append({"instances": self.decode(scores, None)})
-        return outputs
+        raise AssertionError("the grid search decodes the probabilities itself; it must not run inference")
 
 
 def test_grid_search_tool_end_to_end_with_a_registered_model(tmp_path, capsys):
-    import importlib.util
     import json
-    from pathlib import Path
 
     from detectron2.modeling import META_ARCH_REGISTRY
+
+    from deepcens.cli import main as cli_main
+    from deepcens.postprocess.decoders import DECODER_REGISTRY
 
     from deepcens.data import ctc
     from test_ctc_data import make_ctc_tree
 
     if "_ThresholdModel" not in META_ARCH_REGISTRY:
         META_ARCH_REGISTRY.register(_ThresholdModel)
+    registered_before = sorted(DECODER_REGISTRY._obj_map)
     make_ctc_tree(tmp_path / "data", frames=6, gt_frames=(1, 3, 4))
     ctc.register_ctc_dataset("t_grid_val", str(tmp_path / "data"), "Fake-2D", None, "GT")
     config = tmp_path / "model.yaml"
     config.write_text("MODEL:\n  META_ARCHITECTURE: _ThresholdModel\n  DEVICE: cpu\nINPUT:\n  MIN_SIZE_TEST: 0\n")
-    path = Path(__file__).resolve().parents[1] / "tools" / "grid_search_postprocess.py"
-    spec = importlib.util.spec_from_file_location("grid_search_postprocess", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    weights = tmp_path / "model.pth"
+    torch.save({"model": {"dummy": torch.zeros(1)}}, weights)
     out = tmp_path / "grid.json"
-    assert tool.main(["--config-file", str(config), "--dataset", "t_grid_val", "--min-sizes", "0,40",
-                      "--max-holes", "0", "--json", str(out)]) == 0
+    command = ["grid-search", "--config-file", str(config), "--dataset", "t_grid_val", "--min-sizes", "0,40",
+               "--max-holes", "0", "--json", str(out), "MODEL.WEIGHTS", str(weights)]
+    assert cli_main(command) == 0
     result = json.loads(out.read_text())
     assert result["images"] == 3 and len(result["rows"]) == 2
     assert result["config"]["MODEL.DENSE.POSTPROCESS_PER_DATASET"][0].startswith("Fake-2D:")
     assert result["best"]["SEG"] > 0.9  # bright squares are the cells
     assert "best by OP_CSB" in capsys.readouterr().out
+    assert sorted(DECODER_REGISTRY._obj_map) == registered_before  # nothing registered at run time

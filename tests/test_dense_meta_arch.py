@@ -11,9 +11,9 @@ from detectron2.structures import Instances
 from torch import nn
 
 from deepcens.config import add_deepcens_config
-from deepcens.data.dense_mapper import DenseTargetMapper, parse_dataset_crop_sizes
+from deepcens.data.dense_mapper import DenseTargetMapper, dataset_crop_sizes
 from deepcens.errors import DeepcensInputError
-from deepcens.modeling.meta_arch.dense import blend_window, tile_starts
+from deepcens.postprocess.tiling import blend_window, tile_starts
 
 
 def tiny_cfg():
@@ -89,10 +89,15 @@ def test_mapper_rasterises_polygon_annotations_and_rejects_unlabelled(tiny_recor
 
 
 def test_crop_size_per_dataset_and_short_side():
-    assert parse_dataset_crop_sizes(["Fluo-N2DH-SIM+:64", "a:b:16"]) == {"Fluo-N2DH-SIM+": 64, "a:b": 16}
+    assert dataset_crop_sizes(["Fluo-N2DH-SIM+", "a:b"], [64, 16]) == {"Fluo-N2DH-SIM+": 64, "a:b": 16}
+    with pytest.raises(ValueError, match="same length"):
+        dataset_crop_sizes(["a", "b"], [64])
+    with pytest.raises(ValueError, match="integer >= -1"):
+        dataset_crop_sizes(["a"], ["64"])
     cfg = tiny_cfg()
     cfg.INPUT.DENSE.CROP_SIZE = -1
-    cfg.INPUT.DENSE.DATASET_CROP_SIZES = ["X:8"]
+    cfg.INPUT.DENSE.DATASET_CROP_NAMES = ["X"]
+    cfg.INPUT.DENSE.DATASET_CROP_SIZES = [8]
     mapper = DenseTargetMapper(cfg, is_train=True)
     assert mapper.crop_size_for({}, 30, 37) == 30
     assert mapper.crop_size_for({"ctc_dataset": "X"}, 30, 37) == 8
@@ -197,7 +202,9 @@ def test_xbnet_configs_load_and_name_registered_parts():
         TRAIN_LOOP_REGISTRY.get(cfg.SOLVER.TRAIN_SCHEME)
     cfg = load_config(str(folder / "unet_scheme_acc.yaml"))
     assert cfg.SOLVER.TRAIN_SCHEME == "Acc" and cfg.SOLVER.MAX_ITER * len(cfg.DATASETS.TRAIN) == pytest.approx(33800, abs=3)
-    cfg = load_config(str(folder / "xbnet_fluo_n2dh_sim.yaml"))
+    cfg = load_config(str(folder / "xbnet_sim01_frame_split.yaml"))
     assert tuple(cfg.SOLVER.COSINE_RESTARTS) == (600, 1800, 4200) and cfg.SOLVER.MAX_ITER == 9000
+    cfg = load_config(str(folder / "xbnet_fluo_n2dh_sim.yaml"))  # paper GT only: 193 frames // 8 per epoch
+    assert tuple(cfg.SOLVER.COSINE_RESTARTS) == (2400, 7200, 16800) and cfg.SOLVER.MAX_ITER == 36000
     cfg = load_config(str(folder / "xbnet_sim_cpu.yaml"))
     assert num_parameters(build_model(cfg).network) == 713123

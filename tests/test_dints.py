@@ -162,7 +162,7 @@ def _tiny_opts(folder: str, out) -> list[str]:
         "MODEL.DENSE.DINTS.CHANNEL_MUL", "0.25", "MODEL.DENSE.DINTS.NUM_BLOCKS", "2", "MODEL.DENSE.DINTS.CELL", "six_ops",
         "INPUT.DENSE.CROP_SIZE", "32", "MODEL.DENSE.MONAI.ROI_SIZE", "32", "SOLVER.IMS_PER_BATCH", "2",
         "SOLVER.MAX_ITER", "2", "SOLVER.DINTS_SEARCH.WARMUP_ITERS", "1", "SOLVER.DINTS_SEARCH.DECODE_PERIOD", "0",
-        "SOLVER.EARLY_STOP.PATIENCE", "0", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_OVERLAYS", "0",
+        "SOLVER.EARLY_STOP.PATIENCE", "0", "DATALOADER.NUM_WORKERS", "0", "RUN.OUTPUT_OVERLAYS", "0",
         "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", str(out),
     ]
 
@@ -185,7 +185,7 @@ def test_search_decode_retrain_tiny(tmp_path):
 
     retrain_opts = _tiny_opts(folder, tmp_path / "retrain") + [
         "MODEL.DENSE.NETWORK", "DiNTS2D", "MODEL.DENSE.DINTS.ARCH_FILE", str(tmp_path / "search" / "arch_code.json"),
-        "SOLVER.TRAIN_SCHEME", "early_stopping", "DATASETS.TRAIN", "('tiny_train',)",
+        "SOLVER.TRAIN_SCHEME", "EarlyStopping", "DATASETS.TRAIN", "('tiny_train',)",
         "SOLVER.EARLY_STOP.PATIENCE", "1", "SOLVER.EARLY_STOP.PERIOD", "1", "SOLVER.MAX_ITER", "3"]
     cfg = load_config(str(CONFIGS / "dints_search.yaml"), retrain_opts)
     retrainer = Trainer(cfg)
@@ -208,7 +208,7 @@ def test_search_runs_on_two_cpu_processes(tmp_path):
     out = tmp_path / "search2"
     command = [sys.executable, "tools/train_net.py", "--config-file", str(CONFIGS / "dints_search.yaml"),
                "--num-gpus", "2", "--dist-url", "auto", *_tiny_opts(folder, out), "SOLVER.IMS_PER_BATCH", "4",
-               "TEST.EVAL_PERIOD", "0", "CONSOLE", "progress"]
+               "TEST.EVAL_PERIOD", "0", "RUN.CONSOLE", "progress"]
     result = subprocess.run(command, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,7 +1,6 @@
-"""tools/evaluate.py: CTC folders, label-image folders and COCO results json; bad input -> exit 2."""
+"""deepcens evaluate: CTC folders, label-image folders and COCO results json; bad input -> exit 2."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,11 +14,18 @@ import tifffile
 REPO = Path(__file__).resolve().parents[1]
 
 
+class _Evaluate:
+    """``deepcens evaluate`` through the package's command line."""
+
+    @staticmethod
+    def main(argv: list[str]) -> int:
+        from deepcens.cli import main
+
+        return main(["evaluate", *argv])
+
+
 def _tool():
-    spec = importlib.util.spec_from_file_location("deepcens_tool_evaluate", REPO / "tools" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _Evaluate
 
 
 def _labels(shape=(40, 40)):

@@ -11,7 +11,7 @@ from detectron2.utils.events import EventStorage
 
 import deepcens  # noqa: F401  (registrations)
 from deepcens.engine.setup import load_config
-from deepcens.modeling.anchors import FlatSizesAnchorGenerator
+from deepcens.modeling.anchors import FlatSizesAnchorGenerator, anchor_level_sizes
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CELL_SIZES = [2, 6, 17, 31, 64, 127, 256, 512, 1024]  # paper VI-A, VI-C
@@ -47,7 +47,8 @@ def test_yaml_values_are_the_papers(name):
     assert list(m.ANCHOR_GENERATOR.FLAT_SIZES) == sizes and m.ANCHOR_GENERATOR.FLAT_SIZES_MAPPING == "all_levels"
     assert [list(r) for r in m.ANCHOR_GENERATOR.ASPECT_RATIOS] == [[0.25, 0.5, 1.0, 2.0, 4.0]]
     assert list(m.RPN.IOU_THRESHOLDS) == [0.3, 0.7] and m.RPN.POST_NMS_TOPK_TRAIN == 2000
-    assert m.ROI_HEADS.NAME == "CascadeROIHeads" and m.ROI_HEADS.NUM_CLASSES == classes
+    assert m.ROI_HEADS.NAME == "DeepcensCascadeROIHeads" and m.ROI_HEADS.NUM_CLASSES == classes
+    assert m.ROI_MASK_HEAD.CASCADE_STAGES == "last"  # paper III-C: mask head at the final stage
     assert list(m.ROI_BOX_CASCADE_HEAD.IOUS) == [0.5, 0.6, 0.7]
     assert list(m.PIXEL_MEAN) == [114.83] * 3 and list(m.PIXEL_STD) == [15.455] * 3
     s = cfg.SOLVER
@@ -89,7 +90,7 @@ def test_paper_model_builds_with_three_stages_and_paper_anchors(name):
     anchors = model.proposal_generator.anchor_generator
     assert isinstance(anchors, FlatSizesAnchorGenerator)
     assert anchors.num_anchors == [len(sizes) * 5] * 5  # every size x 5 ratios on each of p2..p6
-    assert anchors.level_sizes == [[float(s) for s in sizes]] * 5
+    assert anchor_level_sizes(anchors) == [[float(s) for s in sizes]] * 5
     assert model.proposal_generator.anchor_matcher.thresholds[1:-1] == [0.3, 0.7]
     with EventStorage():  # one training forward on 64x64 images: every loss is finite
         losses = model(_batch(classes))

@@ -89,7 +89,7 @@ def test_checkpoint_needing_unpickling_is_refused_unless_allowed(tmp_path):
     torch.save({"model": model.state_dict(), "extra": argparse.Namespace(payload=1)}, path)
     with pytest.raises(DeepcensInputError) as caught:
         DeepcensCheckpointer(torch.nn.Linear(2, 2)).load(path)
-    assert caught.value.path == path and "ALLOW_UNSAFE_CHECKPOINTS" in str(caught.value)
+    assert caught.value.path == path and "RUN.ALLOW_UNSAFE_CHECKPOINTS" in str(caught.value)
     target = torch.nn.Linear(2, 2)
     DeepcensCheckpointer(target, allow_unsafe=True).load(path)
     assert torch.equal(target.weight, model.weight)
@@ -184,15 +184,20 @@ def test_skip_policy_counts_inside_dataloader_workers(tmp_path):
 
 
 # ---------------------------------------------------------------- distributed faults
-def test_dist_timeout_from_argv_reads_config_and_options(tmp_path):
-    from deepcens.engine.launch_utils import dist_timeout_from_argv
+def test_dist_timeout_from_args_reads_config_and_options(tmp_path):
+    from detectron2.engine import default_argument_parser
+
+    from deepcens.engine.launch_utils import dist_timeout_from_args
+
+    def timeout(argv):
+        return dist_timeout_from_args(default_argument_parser().parse_args(argv))
 
     config = tmp_path / "c.yaml"
-    config.write_text("DIST_TIMEOUT_SECONDS: 42\n")
-    assert dist_timeout_from_argv(["--config-file", str(config)]).total_seconds() == 42
-    assert dist_timeout_from_argv(["--config-file", str(config), "DIST_TIMEOUT_SECONDS", "7"]).total_seconds() == 7
+    config.write_text("RUN:\n  DIST_TIMEOUT_SECONDS: 42\n")
+    assert timeout(["--config-file", str(config)]).total_seconds() == 42
+    assert timeout(["--config-file", str(config), "RUN.DIST_TIMEOUT_SECONDS", "7"]).total_seconds() == 7
     with pytest.raises(DeepcensInputError):
-        dist_timeout_from_argv(["--config-file", str(tmp_path / "missing.yaml")])
+        timeout(["--config-file", str(tmp_path / "missing.yaml")])
 
 
 def test_hung_peer_ends_the_waiting_rank_with_an_error_within_the_timeout():

@@ -141,10 +141,11 @@ def test_kill_during_save_then_resume_continues_from_last_complete_checkpoint(tm
     out = tmp_path / "run"
     out.mkdir()
     script = str(REPO / "tests" / "reliability_tiny.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", DEEPCENS_TEST_SLEEP_IN_SAVE="model_0000003:120")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     opts = ["SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.MAX_ITER", "6"]
-    process = subprocess.Popen([sys.executable, script, str(out), *opts], cwd=REPO, env=env,
+    process = subprocess.Popen([sys.executable, script, "--pause-in-save", "model_0000003:120", str(out), *opts],
+                               cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     seen = ""

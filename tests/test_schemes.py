@@ -12,14 +12,13 @@ import pytest
 import tifffile
 import torch
 from detectron2.config import get_cfg
-from detectron2.engine import SimpleTrainer
 from torch import nn
 
 import deepcens  # noqa: F401  (registrations)
 from deepcens.config import add_deepcens_config
 from deepcens.engine.loops import TRAIN_LOOP_REGISTRY, build_train_loop
 from deepcens.engine.schedules import build_lr_scheduler, cosine_warm_restarts
-from deepcens.engine.schemes import MultiDatasetTrainer
+from deepcens.engine.schemes import Mix, MultiDatasetLoop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,11 +53,11 @@ def _trainer(scheme, max_iter=12, lr=0.0):
     model = QuadModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     loaders = [constant_loader(x, y) for x, y in DATA]
-    return MultiDatasetTrainer(model, loaders, optimizer, scheme, max_iter, seed=3), model, optimizer
+    return TRAIN_LOOP_REGISTRY.get(scheme)(model, loaders, optimizer, max_iter, seed=3), model, optimizer
 
 
 def test_all_schemes_registered():
-    assert {"single", "Mix", "Seq", "Fix", "Shu", "Cho", "Acc"} <= set(TRAIN_LOOP_REGISTRY._obj_map)
+    assert {"Single", "Mix", "Seq", "Fix", "Shu", "Cho", "Acc"} <= set(TRAIN_LOOP_REGISTRY._obj_map)
 
 
 def test_dataset_orders_of_the_schemes():
@@ -119,12 +118,13 @@ def test_loop_builders_build_one_loader_per_dataset():
     model = QuadModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     cfg.SOLVER.TRAIN_SCHEME = "Acc"
-    assert isinstance(build_train_loop(cfg, model, optimizer, build_loader), MultiDatasetTrainer)
+    loop = build_train_loop(cfg, model, optimizer, build_loader)
+    assert isinstance(loop, MultiDatasetLoop) and type(loop).__name__ == "Acc"
     assert requested == [["a"], ["b"]]
     requested.clear()
     cfg.SOLVER.TRAIN_SCHEME = "Mix"
     loop = build_train_loop(cfg, model, optimizer, build_loader)
-    assert type(loop) is SimpleTrainer and requested == [["a", "b"]]
+    assert type(loop) is Mix and requested == [["a", "b"]]
 
 
 def test_cosine_warm_restarts_schedule():

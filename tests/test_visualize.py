@@ -11,7 +11,9 @@ import torch
 from detectron2.structures import Boxes, Instances
 
 from deepcens.postprocess.instances import label_image_to_instances, mask_to_rle
-from deepcens.report import best_and_worst, build_report, plot_metrics, plot_metrics_main, report_main
+from deepcens.cli import main as cli_main
+from deepcens.plots import plot_metrics
+from deepcens.report import best_and_worst, build_report
 from deepcens.visualize import class_color, draw_instances, side_by_side, to_display_uint8, write_overlay
 
 
@@ -102,12 +104,17 @@ def test_plot_metrics_writes_loss_and_metric_pngs(tmp_path):
     assert set(plot_metrics(str(tmp_path / "b"))) == {"loss"}
 
 
-def test_plot_metrics_bad_input_exit_2(tmp_path, capsys):
-    assert plot_metrics_main([str(tmp_path)]) == 2
+def test_plot_metrics_bad_input_exit_2(tmp_path, capsys, caplog):
+    assert cli_main(["plot", str(tmp_path)]) == 2
     assert "metrics.json: metrics file not found" in capsys.readouterr().err
-    (tmp_path / "metrics.json").write_text('{"iteration": 1, "total_loss": 1}\nnot json\n{"iteration": 2}\n')
-    assert plot_metrics_main([str(tmp_path)]) == 2
-    assert "line 2 is not JSON" in capsys.readouterr().err
+    # one rule for damaged lines (deepcens.utils.metrics_log): a broken middle line is skipped with a warning
+    (tmp_path / "metrics.json").write_text('{"iteration": 1, "total_loss": 1}\nnot json\n{"iteration": 2, "total_loss": 0.5}\n')
+    assert cli_main(["plot", str(tmp_path)]) == 0
+    assert "1 line(s) are not valid JSON (first: line 2)" in caplog.text
+    # a binary file is not a metrics file: one line, exit 2
+    (tmp_path / "metrics.json").write_bytes(bytes(range(256)) * 8)
+    assert cli_main(["plot", str(tmp_path)]) == 2
+    assert "holds no JSON metrics record" in capsys.readouterr().err
 
 
 def test_best_and_worst_ranking():
@@ -116,6 +123,10 @@ def test_best_and_worst_ranking():
     best, worst = best_and_worst(images, 2)
     assert [e["image_id"] for e in best] == ["5", "2"]
     assert [e["image_id"] for e in worst] == ["3", "0"]
+
+
+def _report_main(argv: list[str]) -> int:
+    return cli_main(["report", *argv])
 
 
 @pytest.fixture()
@@ -173,7 +184,7 @@ def test_report_html_markdown_and_panels(evaluated_run):
 
 
 def test_report_cli_bad_folder(tmp_path, capsys):
-    assert report_main([str(tmp_path / "none")]) == 2
+    assert _report_main([str(tmp_path / "none")]) == 2
     assert "evaluation folder not found" in capsys.readouterr().err
-    assert report_main([str(tmp_path)]) == 2
+    assert _report_main([str(tmp_path)]) == 2
     assert "neither evaluation.json nor any per_image.json" in capsys.readouterr().err

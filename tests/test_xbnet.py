@@ -139,3 +139,47 @@ def test_j_regularization_gradient():
     mask = targets == 1
     true_grad = logits.grad.permute(0, 2, 3, 1)[mask][:, 1]
     assert bool((true_grad < 0).all())
+
+
+@pytest.mark.parametrize("encoder, total, encoder_only", [
+    ("xception", 37_861_635, 14_350_472),
+    ("densenet201", 50_054_659, 18_086_656),
+    ("resden", 44_787_715, 32_597_120),
+])
+def test_backbone_ablation_encoders_build_with_pinned_counts(encoder, total, encoder_only):
+    """Paper Sec. 4.3 encoders (Xception with 4 middle-flow blocks, DenseNet-201, ResDen): pinned
+    parameter counts, full-resolution output, bridges at every decoder stage's size."""
+    net = UNet(encoder=encoder)
+    assert num_parameters(net) == total
+    assert num_parameters(net.encoder) == encoder_only
+    assert net.size_divisibility == 16
+    skips, bottleneck = net.encoder(torch.rand(2, 1, 32, 48))
+    assert [tuple(s.shape[-2:]) for s in skips] == [(32, 48), (16, 24), (8, 12), (4, 6)]
+    assert [s.shape[1] for s in skips] == net.encoder.skip_channels
+    assert bottleneck.shape[1:] == (net.encoder.out_channels, 2, 3)
+    assert net(torch.rand(2, 1, 32, 48)).shape == (2, 3, 32, 48)
+
+
+def test_backbone_encoder_norm_is_configurable():
+    net = UNet(encoder="densenet201", norm="GN")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.encoder.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in net.encoder.modules())
+
+
+def test_xbnet_authors_aspp_pool_norm_option():
+    """The authors' code normalises the image-pooling pathway: 512 parameters more (11,375,683)."""
+    assert num_parameters(build_dense_network(_cfg())) == 11_375_171
+    cfg = _cfg()
+    cfg.MODEL.DENSE.XBNET.ASPP_POOL_NORM = True
+    assert num_parameters(build_dense_network(cfg)) == 11_375_683
+
+
+def test_adamw_amsgrad_option():
+    from deepcens.engine.trainer import Trainer
+
+    cfg = _cfg()
+    cfg.SOLVER.OPTIMIZER = "AdamW"
+    model = torch.nn.Linear(2, 2)
+    assert Trainer.build_optimizer(cfg, model).defaults["amsgrad"] is False
+    cfg.SOLVER.AMSGRAD = True
+    assert Trainer.build_optimizer(cfg, model).defaults["amsgrad"] is True

@@ -1,62 +1,15 @@
 #!/usr/bin/env python
-"""Write the deterministic synthetic microscopy data: ``tools/make_synthetic.py --out DIR``.
+"""Write the deterministic synthetic microscopy data (same as ``deepcens synthetic``).
 
-Creates ``DIR/evican`` (EVICAN2-shaped COCO set: train / val / eval easy-medium-difficult,
-polygons only, cells + nuclei, some background images, 8-bit PNG and 16-bit TIFF mixed) and
-``DIR/ctc/Synthetic-Cells`` (a CTC time-lapse with SEG + TRA ground truth and a division).
-The same seed and arguments give byte-identical files. Prints a JSON summary.
+    tools/make_synthetic.py --out datasets/synthetic
+
+The code is :mod:`deepcens.data.make_synthetic`.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 
-from deepcens.data.synthetic import make_synthetic
-from deepcens.errors import exit_2_on_input_error
-
-
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-@exit_2_on_input_error
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="datasets/synthetic",
-                        help="output folder (datasets/synthetic is where the synthetic_evican datasets are registered)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--images", type=_at_least(1), default=24,
-                        help="number of train images; val and each eval difficulty get max(2, N // 3)")
-    parser.add_argument("--size", type=_at_least(32), default=128, help="image side in pixels")
-    parser.add_argument("--ctc-frames", type=int, default=12,
-                        help="frames of the CTC time-lapse (0 = none, otherwise >= 2)")
-    args = parser.parse_args(argv)
-    if args.ctc_frames < 0 or args.ctc_frames == 1:
-        parser.error("--ctc-frames must be 0 or >= 2")
-    others = max(2, args.images // 3)
-    start = time.perf_counter()
-    result = make_synthetic(args.out, seed=args.seed, num_train=args.images, num_val=others,
-                            num_eval=others, size=args.size, ctc_frames=args.ctc_frames)
-    summary = {
-        "out": args.out,
-        "seconds": round(time.perf_counter() - start, 2),
-        "annotations": result["annotations"],
-        "num_images": {split: len(paths) for split, paths in result["images"].items()},
-        "num_annotations": result["num_annotations"],
-    }
-    if "ctc_sequence" in result:
-        seq = result["ctc_sequence"]
-        summary["ctc"] = {"root": result["ctc"], "num_tracks": seq["num_tracks"], "divisions": seq["divisions"]}
-    print(json.dumps(summary, indent=2))
-    return 0
-
+from deepcens.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["synthetic", *sys.argv[1:]]))

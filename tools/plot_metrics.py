@@ -1,17 +1,15 @@
 #!/usr/bin/env python
-"""Plot training curves from a run's ``metrics.json`` (the DeepCeNS paper's Fig. 2).
+"""Plot training curves from a run's ``metrics.json`` (same as ``deepcens plot``).
 
     tools/plot_metrics.py OUTPUT_DIR [--output DIR] [--metric PATTERN ...]
 
-Writes ``loss.png`` (``total_loss`` and ``val_total_loss`` over iterations) and
-``metrics.png`` (validation AP / CTC measures: ``*segm/AP``, ``*bbox/AP``, ``*SEG``, ...)
-into ``OUTPUT_DIR/plots`` (or ``--output``).
+The code is :mod:`deepcens.plots`.
 """
 from __future__ import annotations
 
 import sys
 
-from deepcens.report import plot_metrics_main
+from deepcens.cli import main
 
 if __name__ == "__main__":
-    sys.exit(plot_metrics_main())
+    sys.exit(main(["plot", *sys.argv[1:]]))

@@ -18,9 +18,9 @@ import tempfile
 import time
 
 import numpy as np
-import tifffile
 from scipy import ndimage
 
+from deepcens.data.ctc_files import write_result_folder
 from deepcens.data.io import read_label
 from deepcens.evaluation.ctc_measures import (
     ctc_frame_files, evaluate_ctc_folders, frame_counts, sum_counts,
@@ -97,28 +97,6 @@ def perturb_labels(labels: np.ndarray, rng: np.random.Generator, false_objects: 
         disc = ((rows - cy) ** 2 + (cols - cx) ** 2 <= radius ** 2) & (out == 0)
         out[disc] = int(out.max()) + 1
     return out
-
-
-def write_result_folder(predictions: dict[int, np.ndarray], res_dir: str) -> None:
-    """Write predictions as a CTC result folder py-ctcmetrics accepts: ``maskTTT.tif`` with
-    labels unique over the sequence and a ``res_track.txt`` with one single-frame track per
-    object (DET and SEG need no links)."""
-    os.makedirs(res_dir, exist_ok=True)
-    tracks = []
-    next_id = 1
-    for frame in sorted(predictions):
-        labels = predictions[frame]
-        ids = np.unique(labels)
-        ids = ids[ids > 0]
-        lut = np.zeros(int(labels.max()) + 1, dtype=np.uint16)
-        lut[ids] = np.arange(next_id, next_id + len(ids))
-        if next_id + len(ids) > np.iinfo(np.uint16).max:
-            raise ValueError("too many objects for uint16 CTC result labels")
-        tifffile.imwrite(os.path.join(res_dir, f"mask{frame:03d}.tif"), lut[labels])
-        tracks.extend(f"{label} {frame} {frame} 0" for label in range(next_id, next_id + len(ids)))
-        next_id += len(ids)
-    with open(os.path.join(res_dir, "res_track.txt"), "w", encoding="utf-8") as handle:
-        handle.write("\n".join(tracks) + "\n")
 
 
 def make_subset_gt(gt_dir: str, frames: list[int], out_dir: str) -> None:

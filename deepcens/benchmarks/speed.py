@@ -4,14 +4,16 @@
 from its config (DeepCeNS: ``configs/evican_cell_nucleus.yaml``, ResNeSt-200 + DCN, BN instead
 of SyncBN in one process; stock: detectron2's ``Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml`` with
 the same number of classes), feeds synthetic images with ``--instances`` box-shaped objects,
-and measures training images/s (SGD steps after ``--warmup`` untimed ones), inference ms per
-image (eval mode, batch ``--batch``) and peak memory (CUDA: max allocated; CPU: peak RSS of a
-fresh process per model). CPU defaults are small (256 px, batch 2, 2 timed iterations).
+and measures training images/s (steps of the training loop ``tools/train_net.py`` builds, i.e.
+:func:`deepcens.engine.loops.build_train_loop` with ``SOLVER.AMP`` from ``--amp``, fed the same
+batch, after ``--warmup`` untimed ones), inference ms per
+image (eval mode, batch ``--batch``, under the loop's autocast) and peak memory (CUDA: max
+allocated; CPU: peak RSS of a fresh process per model). CPU defaults are small (256 px, batch 2, 2 timed iterations).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import itertools
 import multiprocessing
 import os
 import resource
@@ -36,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instances", type=int, default=40, help="ground-truth objects per image")
     parser.add_argument("--models", nargs="+", default=["stock", "deepcens"], choices=["stock", "deepcens"])
     parser.add_argument("--deepcens-config", default="configs/evican_cell_nucleus.yaml")
-    parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast (CUDA only)")
+    parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
+                        help="SOLVER.AMP of the training loop (fp16 needs CUDA; bf16 also runs on the CPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave torch's default)")
     parser.add_argument("--in-process", action="store_true",
                         help="measure in this process (CPU peak RSS then includes earlier models)")
@@ -49,7 +52,10 @@ def _stock_cfg(num_classes: int):
     from detectron2.config import get_cfg
 
     path = os.path.join(os.path.dirname(detectron2.__file__), "model_zoo", "configs", _STOCK_CONFIG)
+    from deepcens.config import add_deepcens_config
+
     cfg = get_cfg()
+    add_deepcens_config(cfg)  # SOLVER.TRAIN_SCHEME / SOLVER.AMP.PRECISION for the training loop
     cfg.merge_from_file(path)  # packaged yaml; avoids model_zoo (pkg_resources)
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
@@ -99,20 +105,22 @@ def measure(spec: dict) -> dict:
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
+    from deepcens.engine.loops import build_train_loop
+
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     cfg = _stock_cfg(2) if spec["model"] == "stock" else _deepcens_cfg(spec["config"], spec["opts"])
     cfg.MODEL.DEVICE = spec["device"]
+    cfg.SOLVER.TRAIN_SCHEME = "Single"
+    cfg.SOLVER.AMP.ENABLED = spec["amp"] != "off"
+    cfg.SOLVER.AMP.PRECISION = "bfloat16" if spec["amp"] == "bf16" else "float16"
     torch.manual_seed(0)
     model = build_model(cfg)
     device = torch.device(cfg.MODEL.DEVICE)
     batch = _synthetic_batch(spec["batch"], spec["size"], spec["instances"])
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
-    amp = spec["amp"] != "off" and device.type == "cuda"
-    dtype = torch.bfloat16 if spec["amp"] == "bf16" else torch.float16
-
-    def autocast():
-        return torch.autocast("cuda", dtype=dtype) if amp else contextlib.nullcontext()
+    # the loop training uses (SOLVER.AMP honoured there), fed the same batch at every step
+    loop = build_train_loop(cfg, model, optimizer, lambda cfg, names: itertools.repeat(batch))
 
     def timed(step: Callable[[], None]) -> float:
         """Seconds for ``spec["iters"]`` calls of ``step`` after ``spec["warmup"]`` untimed ones
@@ -129,24 +137,20 @@ def measure(spec: dict) -> dict:
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    last_loss: list[torch.Tensor] = []
-
     def train_step() -> None:
-        with autocast():
-            losses = model(batch)
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        last_loss[:] = [loss.detach()]
+        loop.run_step()
+        loop.iter += 1
 
     def inference_step() -> None:
-        with autocast():
+        with loop.autocast():
             model(images)
 
     model.train()
-    with EventStorage(0):
+    with EventStorage(0) as storage:
+        loop.storage = storage
+        loop.iter = 0
         train_s = timed(train_step)
+        final_loss = storage.history("total_loss").latest()
     peak_train = _peak_gib(device)
 
     model.eval()
@@ -165,7 +169,7 @@ def measure(spec: dict) -> dict:
         "peak_gib_train": round(peak_train, 2),
         "peak_gib_infer": round(_peak_gib(device), 2),
         "peak_kind": "cuda max allocated" if device.type == "cuda" else "process peak RSS",
-        "final_loss": round(float(last_loss[0]), 3),  # random init: only checks the step ran (finite)
+        "final_loss": round(float(final_loss), 3),  # random init: only checks the step ran (finite)
     }
 
 

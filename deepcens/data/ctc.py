@@ -31,6 +31,8 @@ import numpy as np
 import tifffile
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from deepcens.data.ctc_files import check_tra_frames, frame_files, match_frame
+from deepcens.data.io import intensity_range
 from deepcens.errors import DeepcensInputError
 from deepcens.utils.atomic import atomic_save_json
 
@@ -40,10 +42,6 @@ LABEL_SOURCES = ("GT", "ST", "none")
 CONFIGURATIONS = ("GT", "ST", "GT+ST", "allGT", "allST", "allGT+allST")
 DILATION_2D, DILATION_3D = 2, 5
 
-_FRAME_RE = re.compile(r"^t(\d+)\.tif$")
-_SEG_RE = re.compile(r"^man_seg(\d+)\.tif$")
-_SEG_SLICE_RE = re.compile(r"^man_seg_(\d+)_(\d+)\.tif$")
-_TRA_RE = re.compile(r"^man_track(\d+)\.tif$")
 _SEQ_RE = re.compile(r"^\d+$")
 _INT_RE = re.compile(r"^-?[0-9]+$")
 _BINCOUNT_LIMIT = 1 << 20  # larger label values are compacted before counting
@@ -62,16 +60,6 @@ def _folder_signature(folder: str) -> tuple:
                 stat = entry.stat()
                 entries.append((entry.name, stat.st_size, stat.st_mtime_ns))
     return tuple(sorted(entries))
-
-
-def _files(folder: str, pattern: re.Pattern) -> dict:
-    found = {}
-    for name in sorted(os.listdir(folder)):
-        match = pattern.match(name)
-        if match:
-            key = tuple(int(g) for g in match.groups())
-            found[key if len(key) > 1 else key[0]] = os.path.join(folder, name)
-    return found
 
 
 def _tif_shape(path: str) -> tuple[int, ...]:
@@ -188,14 +176,8 @@ def _validated_tracks(tra_dir: str, num_frames: int, frame_shape: tuple, signatu
         gt_by_frame.setdefault(frame, []).append((z, path))
     sparse: dict = {}
     tracks = parse_track_file(os.path.join(tra_dir, "man_track.txt"))
-    files = _files(tra_dir, _TRA_RE)
-    missing = [t for t in range(num_frames) if t not in files]
-    if missing:
-        raise DeepcensInputError(tra_dir, f"missing TRA frame(s) {', '.join(f'man_track{t:03d}.tif' for t in missing[:5])}"
-                                 + (" ..." if len(missing) > 5 else ""))
-    extra = [t for t in files if t >= num_frames]
-    if extra:
-        raise DeepcensInputError(files[extra[0]], f"TRA frame {extra[0]} has no image (the sequence has {num_frames} frames)")
+    files = frame_files(tra_dir, "tra")
+    check_tra_frames(tra_dir, files, num_frames)
     for frame, path in files.items():
         markers = _read_label_tif(path)
         if tuple(markers.shape) != tuple(frame_shape):
@@ -225,7 +207,7 @@ def _validated_tracks(tra_dir: str, num_frames: int, frame_shape: tuple, signatu
 @functools.lru_cache(maxsize=64)
 def _scan(seq_dir: str, signature: tuple) -> dict:
     """Frames, shape and annotation files of one sequence folder (validated)."""
-    frames = _files(seq_dir, _FRAME_RE)
+    frames = frame_files(seq_dir, "frame")
     if not frames:
         raise DeepcensInputError(seq_dir, "no tTTT.tif frames in the sequence folder")
     count = max(frames) + 1
@@ -238,8 +220,8 @@ def _scan(seq_dir: str, signature: tuple) -> dict:
     for kind, folder in (("gt", f"{seq_dir}_GT/SEG"), ("st", f"{seq_dir}_ST/SEG")):
         if not os.path.isdir(folder):
             continue
-        files = {(t, None): p for t, p in _files(folder, _SEG_RE).items()}
-        files.update({(t, z): p for (t, z), p in _files(folder, _SEG_SLICE_RE).items()})
+        files = {(t, None): p for t, p in frame_files(folder, "seg").items()}
+        files.update({(t, z): p for (t, z), p in frame_files(folder, "seg_slice").items()})
         for (frame, z), path in files.items():
             if frame not in frames:
                 raise DeepcensInputError(path, f"annotation of frame {frame} has no image t{frame:03d}.tif in {seq_dir}")
@@ -302,10 +284,7 @@ def _intensity_range(seq_dir: str, signature: tuple) -> tuple[float, float]:
             cached = {}
         if key in cached:
             return tuple(cached[key])
-    low, high = np.inf, -np.inf
-    for path in _files(seq_dir, _FRAME_RE).values():
-        image = _read_tif(path)
-        low, high = min(low, float(image.min())), max(high, float(image.max()))
+    low, high = intensity_range(_read_tif(path) for path in frame_files(seq_dir, "frame").values())
     if cache_file:
         cached[key] = [low, high]
         atomic_save_json(cache_file, cached)
@@ -322,7 +301,7 @@ def sequence_intensity_range(seq_dir: str) -> tuple[float, float]:
     seq_dir = os.path.normpath(seq_dir)
     if not os.path.isdir(seq_dir):
         raise DeepcensInputError(seq_dir, "CTC sequence folder not found")
-    signature = tuple(e for e in _folder_signature(seq_dir) if _FRAME_RE.match(e[0]))
+    signature = tuple(e for e in _folder_signature(seq_dir) if match_frame(e[0], "frame"))
     return _intensity_range(seq_dir, signature)
 
 
@@ -339,8 +318,9 @@ def load_ctc_dicts(
     """Dataset dicts of CTC sequences (see the module docstring for the keys).
 
     ``label_source``: "GT" (frames with gold-truth SEG; frames without reference are skipped),
-    "ST" (frames with silver-truth SEG; ``exclude_gt_frames`` drops frames that have GT, as the
-    authors' 2D preparation does for GT+ST) or "none" (every frame, no labels: inference).
+    "ST" (frames with silver-truth SEG; ``exclude_gt_frames`` drops frames of 2D sequences that
+    have GT, as the authors' 2D preparation does for GT+ST; their 3D preparation keeps them) or
+    "none" (every frame, no labels: inference).
     ``sequences``: e.g. ``["01", "02"]``; None = every sequence folder present. ``frames``
     keeps only those frame indices.
     """
@@ -363,7 +343,8 @@ def load_ctc_dicts(
             if not os.path.isdir(f"{seq_dir}_ST/SEG"):
                 raise DeepcensInputError(f"{seq_dir}_ST/SEG", "silver-truth SEG folder not found")
             gt_frames = {t for t, _ in info["gt"]}
-            labelled = {k: p for k, p in info["st"].items() if not (exclude_gt_frames and k[0] in gt_frames)}
+            drop_gt = exclude_gt_frames and not is_3d  # the authors' 3D preparation keeps them
+            labelled = {k: p for k, p in info["st"].items() if not (drop_gt and k[0] in gt_frames)}
         else:
             labelled = {(t, None): None for t in info["frames"]}
         intensity = sequence_intensity_range(seq_dir)
@@ -565,8 +546,9 @@ def register_ctc_configuration(
 
     * GT / allGT: 90% of each dataset's GT frames train, 10% validate;
     * ST / allST: the same with ST frames;
-    * GT+ST / allGT+allST: all ST frames train (2D: frames that have GT excluded, as the
-      authors' preparation code does), all GT frames validate.
+    * GT+ST / allGT+allST: all ST frames train (2D sequences: frames that have GT excluded, as
+      the authors' 2D preparation code does; 3D sequences keep them, as their 3D code), all GT
+      frames validate.
 
     Individual configurations (GT, ST, GT+ST) train one model per dataset, the universal ones
     (all*) one model over all datasets with one loader per dataset; both use the same
@@ -590,6 +572,23 @@ def register_ctc_configuration(
         names["train"].append(train_name)
         names["val"].append(val_name)
     return names
+
+
+def register_ctc_configuration_from_cfg(cfg) -> dict[str, list[str]]:
+    """Register ``cfg.DATASETS.CTC``'s data configuration (nothing when ``CONFIGURATION`` is empty).
+
+    The registered names are ``ctc_<dataset>_<configuration>_{train,val}`` (configuration in
+    lower case, e.g. ``ctc_Fluo-N2DH-SIM+_gt+st_train``); configs name them in
+    ``DATASETS.TRAIN`` / ``VAL`` / ``TEST``.
+    """
+    c = cfg.DATASETS.CTC
+    if not c.CONFIGURATION:
+        return {"train": [], "val": []}
+    if not c.NAMES:
+        raise ValueError("DATASETS.CTC.CONFIGURATION needs the CTC data set names in DATASETS.CTC.NAMES")
+    return register_ctc_configuration(c.CONFIGURATION, list(c.NAMES), c.ROOT or default_ctc_root(),
+                                      sequences=list(c.SEQUENCES) or None, val_fraction=float(c.VAL_FRACTION),
+                                      seed=int(c.SEED))
 
 
 def default_ctc_root() -> str:

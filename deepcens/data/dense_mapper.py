@@ -4,7 +4,7 @@ Training follows the XB-Net paper (Sec. 3.2, 3.4): the image is normalised by it
 min/max intensity (``intensity_range`` of CTC dicts) to [0, 1]; the instance labels become
 the target of ``MODEL.DENSE.TARGET`` (255 = ignore, e.g. unlabelled cells of sparse CTC GT);
 then, in this order, a random square crop (``INPUT.DENSE.CROP_SIZE``, per dataset through
-``INPUT.DENSE.DATASET_CROP_SIZES``; -1 = the image's short side as at the CTC), random
+``INPUT.DENSE.DATASET_CROP_NAMES`` / ``DATASET_CROP_SIZES``; -1 = the image's short side as at the CTC), random
 horizontal / vertical flips, a random multiple of 90-degree rotation, and reflection padding
 of ``INPUT.DENSE.CONTEXT_PAD`` (8) pixels on every side, where the target is 255 so that the
 loss sees only the crop (the padding gives the crop's border pixels their context).
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 
+from typing import Sequence
+
 import numpy as np
 import torch
 from detectron2.config import CfgNode
@@ -27,15 +29,19 @@ from deepcens.data.mappers import MAPPER_REGISTRY, read_record_image
 from deepcens.errors import DeepcensInputError
 
 
-def parse_dataset_crop_sizes(entries) -> dict[str, int]:
-    """``["Fluo-N2DH-SIM+:512", ...]`` -> ``{"Fluo-N2DH-SIM+": 512}`` (the last ``:`` splits)."""
-    sizes = {}
-    for entry in entries:
-        name, sep, size = str(entry).rpartition(":")
-        if not sep or not name:
-            raise ValueError(f"INPUT.DENSE.DATASET_CROP_SIZES entry {entry!r} is not 'name:size'")
-        sizes[name] = int(size)
-    return sizes
+def dataset_crop_sizes(names: Sequence[str], sizes: Sequence[int]) -> dict[str, int]:
+    """``INPUT.DENSE.DATASET_CROP_NAMES`` / ``DATASET_CROP_SIZES`` (parallel lists) as a mapping."""
+    if len(names) != len(sizes):
+        raise ValueError(f"INPUT.DENSE.DATASET_CROP_NAMES ({len(names)} entries) and DATASET_CROP_SIZES "
+                         f"({len(sizes)} entries) must have the same length")
+    if len(set(names)) != len(names):
+        raise ValueError(f"INPUT.DENSE.DATASET_CROP_NAMES has repeated names: {list(names)}")
+    result = {}
+    for name, size in zip(names, sizes):
+        if isinstance(size, bool) or not isinstance(size, int) or size < -1:
+            raise ValueError(f"INPUT.DENSE.DATASET_CROP_SIZES entry for {name!r} must be an integer >= -1, got {size!r}")
+        result[str(name)] = size
+    return result
 
 
 def _annotations_to_labels(dataset_dict: dict) -> np.ndarray:
@@ -64,7 +70,7 @@ class DenseTargetMapper:
     only) and the dict's own keys (``height``, ``width``, ``file_name``, ``ctc_dataset``, ...)."""
 
     def __init__(self, cfg: CfgNode, is_train: bool = True):
-        from deepcens.data.targets import build_target  # C1's registry; imported when a mapper is built
+        from deepcens.data.targets import build_target  # imported when a mapper is built
 
         self.is_train = is_train
         self.target_fn = build_target(cfg) if is_train else None
@@ -74,7 +80,7 @@ class DenseTargetMapper:
         self.ignore_value = int(cfg.MODEL.DENSE.IGNORE_VALUE)
         d = cfg.INPUT.DENSE
         self.crop_size = int(d.CROP_SIZE)
-        self.dataset_crop_sizes = parse_dataset_crop_sizes(d.DATASET_CROP_SIZES)
+        self.dataset_crop_sizes = dataset_crop_sizes(d.DATASET_CROP_NAMES, d.DATASET_CROP_SIZES)
         self.context_pad = int(d.CONTEXT_PAD)
         self.flip = bool(d.FLIP)
         self.rotate = bool(d.ROTATE_90)

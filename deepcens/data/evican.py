@@ -35,7 +35,7 @@ from detectron2.structures import BoxMode
 from pycocotools import mask as mask_util
 
 from deepcens.data.io import read_json
-from deepcens.errors import DeepcensInputError
+from deepcens.errors import BAD_INPUT_POLICIES, DeepcensInputError, check_bad_input_policy
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ SETTINGS: dict[str, tuple[str, ...]] = {
 }
 SPLITS = ("train", "val")
 DIFFICULTIES = ("easy", "medium", "difficult")
-POLICIES = ("fail", "skip")
+POLICIES = BAD_INPUT_POLICIES
 
 _ANNOTATION_DIRS = ("annotations", "annotations_EVICAN2", os.path.join("annotations", "EVICAN2"))
 # registered name -> (root, policy): makes register_evican idempotent
@@ -101,8 +101,7 @@ class _Problems:
     """Bad-input bookkeeping: raise at the first problem (``fail``) or count and go on (``skip``)."""
 
     def __init__(self, path: str, policy: str):
-        if policy not in POLICIES:
-            raise ValueError(f"bad-input policy must be one of {POLICIES}, got {policy!r}")
+        check_bad_input_policy(policy)
         self.path = path
         self.policy = policy
         self.counts: Counter = Counter()
@@ -313,8 +312,7 @@ def register_evican(prefix: str, root: str, policy: str = "fail") -> list[str]:
     Calling again with the same ``(root, policy)`` does nothing; with another one the names are
     re-registered. Returns the registered names.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"bad-input policy must be one of {POLICIES}, got {policy!r}")
+    check_bad_input_policy(policy)
     root = os.path.normpath(root)
     names = []
     for setting, classes in SETTINGS.items():

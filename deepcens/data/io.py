@@ -1,13 +1,21 @@
-"""Reading microscopy images and label images (8/16-bit, float, 1-4 channels, TIFF stacks).
+"""Reading and writing microscopy images and label images (8/16-bit, float, 1-4 channels, stacks).
 
-One place for pixel IO: every dataset, mapper and tool reads through here, so bad files give
-the same clear :class:`~deepcens.errors.DeepcensInputError` everywhere.
+One place for pixel IO: every dataset, mapper, writer and tool reads and encodes through
+here, so bad files give the same clear :class:`~deepcens.errors.DeepcensInputError`
+everywhere and every written image has the same encoding (cellpose's ``io.py`` is the model).
+
+- readers: :func:`read_image`, :func:`read_stack`, :func:`read_label`, :func:`read_json`,
+  :func:`tiff_page_count`, :func:`iter_image_files`;
+- encoders / writers (atomic): :func:`encode_png`, :func:`encode_tiff`, :func:`write_png`,
+  :func:`write_label_tiff`;
+- :func:`intensity_range`: the (min, max) over the frames of a sequence or stack, which the
+  dense mapper normalises by.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -54,9 +62,12 @@ def _read_tiff(path: str) -> np.ndarray:
         if nbytes > MAX_IMAGE_BYTES:
             raise DeepcensInputError(path, f"image of shape {shape} ({nbytes / 1024**3:.1f} GiB) exceeds "
                                      f"DEEPCENS_MAX_IMAGE_BYTES ({MAX_IMAGE_BYTES / 1024**3:.1f} GiB)")
-        compression = getattr(tif.pages[0], "compression", None)
-        if compression is not None and int(compression) == 1 and nbytes > os.path.getsize(path):
-            raise DeepcensInputError(path, f"truncated TIFF: header says {nbytes} bytes of pixels, "
+        page = tif.pages[0]
+        compression = getattr(page, "compression", None)
+        bits = int(getattr(page, "bitspersample", 0) or np.dtype(dtype).itemsize * 8)
+        stored = int(np.ceil(np.prod(shape, dtype=np.float64) * bits / 8))  # 1-bit TIFFs pack 8 pixels a byte
+        if compression is not None and int(compression) == 1 and stored > os.path.getsize(path):
+            raise DeepcensInputError(path, f"truncated TIFF: header says {stored} bytes of pixels, "
                                      f"file holds {os.path.getsize(path)}")
         return tif.asarray()
 
@@ -99,6 +110,34 @@ def _read_raw(path: str) -> tuple[np.ndarray, bool]:
     if not any(array.dtype == d for d in SUPPORTED_DTYPES):
         raise DeepcensInputError(path, f"unsupported pixel type {array.dtype}")
     return array, is_tiff
+
+
+def tiff_page_count(path: str | os.PathLike) -> int:
+    """Number of 2D images in a file (1 for anything that is not a multi-image TIFF).
+
+    The TIFF's series axes decide: ``Y``, ``X`` and sample / channel axes (``S``, ``C``) make
+    one image; every other axis (time, depth, pages) counts images, so a ``YXS`` 32x32x5
+    image is one image with 5 samples, not 32 images of 32x5. Files without axes metadata
+    (``Q``) follow :func:`read_stack`: a trailing axis of at most 4 is channels. The content
+    decides whether a file is a TIFF, not its name (a PNG named ``.tif`` is one image).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0 or not _has_tiff_magic(path):
+        return 1
+    try:
+        with tifffile.TiffFile(path) as handle:
+            series = handle.series[0]
+            axes, shape = series.axes, tuple(series.shape)
+    except Exception as exc:  # tifffile raises many types for broken files
+        raise DeepcensInputError(path, f"cannot decode TIFF ({type(exc).__name__}: {_one_line(exc)})") from None
+    if len(shape) <= 2:
+        return 1
+    if "Q" not in axes:
+        counted = [size for axis, size in zip(axes, shape) if axis not in "YXSC"]
+        return int(np.prod(counted)) if counted else 1
+    if len(shape) == 3 and (shape[-1] <= 4 < shape[0] or (axes[0] in "SC" and shape[0] <= 4)):
+        return 1
+    return int(shape[0])
 
 
 def read_stack(path: str | os.PathLike) -> np.ndarray:
@@ -217,3 +256,55 @@ def iter_image_files(folder: str | os.PathLike) -> Iterator[str]:
     for name in sorted(os.listdir(folder)):
         if name.lower().endswith(IMAGE_SUFFIXES):
             yield os.path.join(folder, name)
+
+
+def intensity_range(images: Iterable[np.ndarray]) -> tuple[float, float]:
+    """(min, max) raw intensity over the images of one sequence or stack.
+
+    Dense methods normalise every frame of a time-lapse by the range of the whole video
+    (``intensity_range`` of CTC dataset dicts), so frames stay comparable; datasets and
+    ``deepcens predict`` both compute it here.
+    """
+    low, high = np.inf, -np.inf
+    for image in images:
+        low, high = min(low, float(np.min(image))), max(high, float(np.max(image)))
+    return low, high
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W) or (H, W, 3|4) uint8/uint16 image given in RGB(A) order."""
+    image = np.ascontiguousarray(image)
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+    ok, buffer = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"cannot encode an image of shape {image.shape} and type {image.dtype} as PNG")
+    return buffer.tobytes()
+
+
+def encode_tiff(image: np.ndarray, photometric: str = "minisblack") -> bytes:
+    """Uncompressed TIFF bytes, reproducible (no date or software tag): byte-identical for equal input."""
+    import io as _io
+
+    buffer = _io.BytesIO()
+    tifffile.imwrite(buffer, np.ascontiguousarray(image), photometric=photometric, metadata=None,
+                     software=False, datetime=None)
+    return buffer.getvalue()
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> str:
+    """Write an RGB(A) or gray image as PNG, atomically; returns the path."""
+    from deepcens.utils.atomic import atomic_save_bytes
+
+    atomic_save_bytes(path, encode_png(image))
+    return os.fspath(path)
+
+
+def write_label_tiff(path: str | os.PathLike, labels: np.ndarray) -> str:
+    """Write a label image (2D, or a (Z, H, W) stack) as uncompressed uint16 TIFF, atomically."""
+    from deepcens.utils.atomic import atomic_save_bytes
+
+    if labels.size and int(labels.max()) > np.iinfo(np.uint16).max:
+        raise DeepcensInputError(path, f"{int(labels.max())} labels do not fit a uint16 label image")
+    atomic_save_bytes(path, encode_tiff(labels.astype(np.uint16)))
+    return os.fspath(path)

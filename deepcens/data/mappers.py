@@ -18,7 +18,7 @@ from detectron2.data import transforms as T
 from detectron2.utils.registry import Registry
 
 from deepcens.data.io import read_image, to_float_rgb
-from deepcens.errors import DeepcensInputError
+from deepcens.errors import DeepcensInputError, check_bad_input_policy
 
 MAPPER_REGISTRY = Registry("MAPPER")
 MAPPER_REGISTRY.__doc__ = "Dataset mappers: (cfg, is_train) -> callable(dataset_dict) -> model input."
@@ -61,8 +61,7 @@ class BadInputPolicyMapper:
     """
 
     def __init__(self, mapper, policy: str):
-        if policy not in ("fail", "skip"):
-            raise ValueError(f"DATASETS.BAD_INPUT_POLICY must be fail or skip, got {policy!r}")
+        check_bad_input_policy(policy)
         self.mapper = mapper
         self.policy = policy
         self.skipped = multiprocessing.Value("i", 0)

@@ -18,7 +18,6 @@ no timestamps, so the same seed and arguments give byte-identical output.
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -26,9 +25,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-import tifffile
 from scipy import ndimage
 
+from deepcens.data.io import encode_png, encode_tiff
 from deepcens.errors import DeepcensInputError
 from deepcens.utils.atomic import atomic_save_bytes, atomic_save_json
 
@@ -346,24 +345,6 @@ def _to_uint(image: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarr
     return np.round(np.clip(offset + image * gain, 0, 65535)).astype(np.uint16)
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes (8/16-bit, gray or RGB) without metadata chunks (no timestamps)."""
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, data = cv2.imencode(".png", image)
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return data.tobytes()
-
-
-def encode_tiff(image: np.ndarray) -> bytes:
-    """Uncompressed TIFF bytes with no description, software or datetime tags."""
-    buffer = io.BytesIO()
-    photometric = "rgb" if image.ndim == 3 else "minisblack"
-    tifffile.imwrite(buffer, image, photometric=photometric, metadata=None, software=False, datetime=None)
-    return buffer.getvalue()
-
-
 # ----------------------------------------------------------------------------------------------
 # EVICAN-shaped COCO set
 # ----------------------------------------------------------------------------------------------
@@ -402,7 +383,7 @@ def make_evican_split(root: str, split: str, num_images: int, seed: int, size: i
         image = _to_uint(rendered, depths[index], rng)
         suffix = ".png" if depths[index] == 8 else ".tif"
         name = f"{prefix}{index:04d}{suffix}"
-        data = encode_png(image) if suffix == ".png" else encode_tiff(image)
+        data = encode_png(image) if suffix == ".png" else encode_tiff(image, "rgb" if image.ndim == 3 else "minisblack")
         atomic_save_bytes(os.path.join(root, folder, name), data)
         image_id = first_image_id + index
         images.append({"id": image_id, "file_name": name, "height": size, "width": size})

@@ -4,14 +4,12 @@ detectron2's checkpointer writes ``model_XXXX.pth`` and ``last_checkpoint`` in p
 crash while saving leaves a truncated file that ``--resume`` then trips over. Here both are
 written to a temporary file in the same folder and renamed. Files load with
 ``torch.load(weights_only=True)``; a file that needs arbitrary unpickling is refused unless
-``ALLOW_UNSAFE_CHECKPOINTS`` is set.
+``RUN.ALLOW_UNSAFE_CHECKPOINTS`` is set.
 """
 from __future__ import annotations
 
 import os
 import pickle
-import sys
-import time
 from typing import Any
 
 import torch
@@ -45,7 +43,6 @@ class DeepcensCheckpointer(DetectionCheckpointer):
         self.logger.info(f"Saving checkpoint to {save_file}")
         with atomic_write(save_file, "wb") as handle:
             torch.save(data, handle)
-            _test_pause_in_save(name)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
@@ -53,6 +50,9 @@ class DeepcensCheckpointer(DetectionCheckpointer):
             handle.write(last_filename_basename)
 
     def _torch_load(self, filename: str) -> Any:
+        from deepcens.engine.weights import check_torch_file
+
+        check_torch_file(filename)  # random bytes are "not a torch checkpoint", not an unpickling question
         try:
             return torch.load(filename, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
@@ -60,9 +60,9 @@ class DeepcensCheckpointer(DetectionCheckpointer):
                 raise DeepcensInputError(
                     filename,
                     "checkpoint needs arbitrary unpickling, which can run code; load it only if you "
-                    "trust it, with ALLOW_UNSAFE_CHECKPOINTS True "
+                    "trust it, with RUN.ALLOW_UNSAFE_CHECKPOINTS True "
                     f"({str(exc).splitlines()[0]})") from None
-            self.logger.warning(f"Loading {filename} with full unpickling (ALLOW_UNSAFE_CHECKPOINTS)")
+            self.logger.warning(f"Loading {filename} with full unpickling (RUN.ALLOW_UNSAFE_CHECKPOINTS)")
             return torch.load(filename, map_location="cpu", weights_only=False)
         except (RuntimeError, EOFError, OSError) as exc:
             raise DeepcensInputError(filename, f"cannot read checkpoint ({exc})") from None
@@ -71,23 +71,5 @@ class DeepcensCheckpointer(DetectionCheckpointer):
         if filename.endswith((".pkl", ".pyth")) and not self.allow_unsafe:
             raise DeepcensInputError(
                 filename, "pickle checkpoints (.pkl/.pyth) need arbitrary unpickling; convert to a "
-                ".pth state_dict or set ALLOW_UNSAFE_CHECKPOINTS True if you trust the file")
+                ".pth state_dict or set RUN.ALLOW_UNSAFE_CHECKPOINTS True if you trust the file")
         return super()._load_file(filename)
-
-
-SLEEP_IN_SAVE_ENV = "DEEPCENS_TEST_SLEEP_IN_SAVE"
-
-
-def _test_pause_in_save(name: str) -> None:
-    """Test hook: ``DEEPCENS_TEST_SLEEP_IN_SAVE="model_0003:30"`` sleeps 30 s while saving
-    ``model_0003`` (data written to the temporary file, not yet renamed), after printing
-    ``deepcens-test: sleeping in save of model_0003`` to stderr, so a test can kill the
-    process in the middle of a save."""
-    setting = os.environ.get(SLEEP_IN_SAVE_ENV)
-    if not setting:
-        return
-    target, _, seconds = setting.rpartition(":")
-    if target and target != name:
-        return
-    print(f"deepcens-test: sleeping in save of {name}", file=sys.stderr, flush=True)
-    time.sleep(float(seconds))

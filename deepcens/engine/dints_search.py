@@ -1,13 +1,13 @@
 """Training loops of the 2D DiNTS paper, registered in ``TRAIN_LOOP_REGISTRY``.
 
-``"early_stopping"`` (Table 2 protocol for every model): detectron2's plain step over
+``EarlyStopping`` (Table 2 protocol for every model): detectron2's plain step over
 ``DATASETS.TRAIN``; every ``SOLVER.EARLY_STOP.PERIOD`` iterations the training loss over
 ``DATASETS.VAL`` (rank-sharded, averaged over ranks) is measured, and after
 ``SOLVER.EARLY_STOP.PATIENCE`` checks without a new minimum the remaining iterations take no
 step (detectron2's loop runs to ``MAX_ITER``; the hooks that follow, checkpoints and the final
 evaluation, see the stopped model).
 
-``"dints_search"``: the DiNTS search (He et al., CVPR 2021, as MONAI's DiNTS tutorial runs
+``DiNTSSearch``: the DiNTS search (He et al., CVPR 2021, as MONAI's DiNTS tutorial runs
 it). Each iteration:
 
 1. a weight step: the loss of a ``DATASETS.TRAIN`` batch, back-propagated, stepped by the
@@ -27,7 +27,9 @@ main process decodes the architecture with MONAI's ``decode`` and writes
 file the retraining config names in ``MODEL.DENSE.DINTS.ARCH_FILE``.
 
 Both loops back-propagate through every parameter at every step (grads of the parameters
-the step does not update are cleared), so DDP needs no unused-parameter search.
+the step does not update are cleared), so DDP needs no unused-parameter search. Both are
+``TrainLoop`` subclasses: forwards run under ``SOLVER.AMP``'s autocast and backward passes
+go through its gradient scaler.
 """
 from __future__ import annotations
 
@@ -38,22 +40,22 @@ import time
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch.nn import functional as F
 
 from deepcens.data.mappers import build_mapper
-from deepcens.engine.loops import LoaderBuilder, register_loop
+from deepcens.engine.loops import TRAIN_LOOP_REGISTRY, LoaderBuilder, TrainLoop, amp_precision
 
 logger = logging.getLogger(__name__)
 
 
-class EarlyStoppingTrainer(SimpleTrainer):
-    """``SimpleTrainer`` that stops stepping once the validation loss stops improving."""
+@TRAIN_LOOP_REGISTRY.register()
+class EarlyStopping(TrainLoop):
+    """Plain steps over ``DATASETS.TRAIN`` that stop once the ``DATASETS.VAL`` loss stops improving."""
 
-    def __init__(self, cfg: CfgNode, model, data_loader, optimizer):
-        super().__init__(model, data_loader, optimizer)
+    def __init__(self, cfg: CfgNode, model, data_loader, optimizer, precision: torch.dtype | None = None):
+        super().__init__(model, data_loader, optimizer, precision)
         e = cfg.SOLVER.EARLY_STOP
         self.patience = int(e.PATIENCE)
         self.period = int(e.PERIOD)
@@ -67,6 +69,10 @@ class EarlyStoppingTrainer(SimpleTrainer):
         self.checks_without_improvement = 0
         self.stopped = False
 
+    @classmethod
+    def from_config(cls, cfg: CfgNode, model, optimizer, build_loader: LoaderBuilder) -> "EarlyStopping":
+        return cls(cfg, model, build_loader(cfg, cfg.DATASETS.TRAIN), optimizer, amp_precision(cfg))
+
     def validation_loss(self) -> float:
         """Mean training loss over the ``DATASETS.VAL`` images, averaged over all ranks."""
         model = self.model.module if hasattr(self.model, "module") else self.model
@@ -74,7 +80,7 @@ class EarlyStoppingTrainer(SimpleTrainer):
         with torch.no_grad():
             for loader in self._val_loaders:
                 for inputs in loader:
-                    total += float(sum(model(inputs).values()))
+                    total += float(self.forward_losses(inputs, model)[1])
                     count += 1
         gathered = comm.all_gather((total, count))
         return sum(t for t, _ in gathered) / max(sum(c for _, c in gathered), 1)
@@ -106,12 +112,6 @@ class EarlyStoppingTrainer(SimpleTrainer):
         self.check_early_stop()
 
 
-@register_loop("early_stopping")
-def build_early_stopping_loop(cfg: CfgNode, model, optimizer, build_loader: LoaderBuilder) -> EarlyStoppingTrainer:
-    """Plain steps over ``DATASETS.TRAIN`` with early stopping on the ``DATASETS.VAL`` loss."""
-    return EarlyStoppingTrainer(cfg, model, build_loader(cfg, cfg.DATASETS.TRAIN), optimizer)
-
-
 def _remove_from_optimizer(optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter]) -> None:
     """Drop ``parameters`` from every group of a not yet stepped optimizer."""
     ids = {id(p) for p in parameters}
@@ -120,15 +120,14 @@ def _remove_from_optimizer(optimizer: torch.optim.Optimizer, parameters: list[to
     optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
 
 
-class DiNTSSearchTrainer(EarlyStoppingTrainer):
+@TRAIN_LOOP_REGISTRY.register()
+class DiNTSSearch(EarlyStopping):
     """Alternating weight and architecture steps of the DiNTS search (module docstring)."""
 
-    def __init__(self, cfg: CfgNode, model, data_loader, arch_loader, optimizer):
+    def __init__(self, cfg: CfgNode, model, data_loader, arch_loader, optimizer, precision: torch.dtype | None = None):
         from deepcens.modeling.dense.dints import find_topology_search
 
-        super().__init__(cfg, model, data_loader, optimizer)
-        if cfg.SOLVER.AMP.ENABLED:
-            raise ValueError("the dints_search loop runs in float32; set SOLVER.AMP.ENABLED False")
+        super().__init__(cfg, model, data_loader, optimizer, precision)
         s = cfg.SOLVER.DINTS_SEARCH
         self.cfg = cfg
         self.space = find_topology_search(model)
@@ -170,10 +169,11 @@ class DiNTSSearchTrainer(EarlyStoppingTrainer):
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
         self._zero_all_grads()
-        loss_dict = self.model(data)
-        sum(loss_dict.values()).backward()
+        loss_dict, losses = self.forward_losses(data)
+        self.backward(losses)
+        self.after_backward()
         self._write_metrics(loss_dict, data_time)
-        self.optimizer.step()
+        self.optimizer_step()
         if self.iter >= self.warmup_iters:
             self.architecture_step()
         if comm.is_main_process() and (self.iter + 1 == self.max_iter or
@@ -186,15 +186,15 @@ class DiNTSSearchTrainer(EarlyStoppingTrainer):
             self._arch_iter = iter(self.arch_loader)
         data = next(self._arch_iter)
         self._zero_all_grads()
-        loss_dict = self.model(data)
+        loss_dict, losses = self.forward_losses(data)
         image = data[0]["image"]
         terms = self.architecture_losses((len(data), *image.shape))
         progress = (self.iter - self.warmup_iters) / max(self.max_iter - self.warmup_iters, 1)
-        total = sum(loss_dict.values()) + progress * (
-            terms["entropy"] + terms["ram"] + self.topology_weight * terms["topology"])
-        total.backward()
-        self.arch_optimizer_a.step()
-        self.arch_optimizer_c.step()
+        total = losses + progress * (terms["entropy"] + terms["ram"] + self.topology_weight * terms["topology"])
+        self.backward(total)
+        self.grad_scaler.step(self.arch_optimizer_a)
+        self.grad_scaler.step(self.arch_optimizer_c)
+        self.grad_scaler.update()
         self._zero_all_grads()
         metrics = {f"arch_{k}": v.detach() for k, v in loss_dict.items()}
         metrics.update({f"arch_{k}": v.detach() for k, v in terms.items()})
@@ -222,11 +222,15 @@ class DiNTSSearchTrainer(EarlyStoppingTrainer):
             self.arch_optimizer_a.load_state_dict(state_dict["arch_optimizer_a"])
             self.arch_optimizer_c.load_state_dict(state_dict["arch_optimizer_c"])
 
+    @classmethod
+    def from_config(cls, cfg: CfgNode, model, optimizer, build_loader: LoaderBuilder) -> "DiNTSSearch":
+        """Weights from ``DATASETS.TRAIN``, architecture from ``SOLVER.DINTS_SEARCH.ARCH_DATASETS``
+        (empty = ``DATASETS.TRAIN`` again, drawn in another order)."""
+        return cls(cfg, model, build_loader(cfg, cfg.DATASETS.TRAIN), _arch_loader(cfg, build_loader), optimizer,
+                   amp_precision(cfg))
 
-@register_loop("dints_search")
-def build_dints_search_loop(cfg: CfgNode, model, optimizer, build_loader: LoaderBuilder) -> DiNTSSearchTrainer:
-    """DiNTS search over ``DATASETS.TRAIN`` (weights) and ``SOLVER.DINTS_SEARCH.ARCH_DATASETS``
-    (architecture; empty = ``DATASETS.TRAIN`` again, drawn in another order)."""
+
+def _arch_loader(cfg: CfgNode, build_loader: LoaderBuilder):
     arch_names = tuple(cfg.SOLVER.DINTS_SEARCH.ARCH_DATASETS)
     arch_cfg = cfg
     if not arch_names:
@@ -235,5 +239,4 @@ def build_dints_search_loop(cfg: CfgNode, model, optimizer, build_loader: Loader
             arch_cfg = cfg.clone()
             arch_cfg.defrost()
             arch_cfg.SEED = int(cfg.SEED) + 1
-    return DiNTSSearchTrainer(cfg, model, build_loader(cfg, cfg.DATASETS.TRAIN), build_loader(arch_cfg, arch_names),
-                              optimizer)
+    return build_loader(arch_cfg, arch_names)

@@ -3,7 +3,7 @@
 detectron2's ``launch`` passes ``timeout`` to ``torch.distributed.init_process_group``; a
 collective (all-reduce, barrier, gather) that waits longer than that on a peer raises on
 the waiting ranks, and ``launch`` (``torch.multiprocessing`` with ``join``) then ends the
-remaining local processes and re-raises. The timeout comes from ``cfg.DIST_TIMEOUT_SECONDS``.
+remaining local processes and re-raises. The timeout comes from ``cfg.RUN.DIST_TIMEOUT_SECONDS``.
 """
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import argparse
 import datetime
 import functools
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from detectron2.config import CfgNode
 
 
 def dist_timeout(cfg: CfgNode) -> datetime.timedelta:
-    """``cfg.DIST_TIMEOUT_SECONDS`` as the ``timedelta`` detectron2's ``launch`` takes."""
-    seconds = float(cfg.DIST_TIMEOUT_SECONDS)
+    """``cfg.RUN.DIST_TIMEOUT_SECONDS`` as the ``timedelta`` detectron2's ``launch`` takes."""
+    seconds = float(cfg.RUN.DIST_TIMEOUT_SECONDS)
     if seconds <= 0:
-        raise ValueError(f"DIST_TIMEOUT_SECONDS must be positive, got {seconds}")
+        raise ValueError(f"RUN.DIST_TIMEOUT_SECONDS must be positive, got {seconds}")
     return datetime.timedelta(seconds=seconds)
 
 
@@ -30,13 +30,6 @@ def dist_timeout_from_args(args: argparse.Namespace) -> datetime.timedelta:
     from deepcens.engine.setup import load_config
 
     return dist_timeout(load_config(args.config_file, list(args.opts or [])))
-
-
-def dist_timeout_from_argv(argv: Sequence[str] | None = None) -> datetime.timedelta:
-    """Parse a ``tools/train_net.py`` command line and return its distributed timeout."""
-    from detectron2.engine import default_argument_parser
-
-    return dist_timeout_from_args(default_argument_parser().parse_args(None if argv is None else list(argv)))
 
 
 def end_process_group() -> None:

@@ -1,4 +1,4 @@
-"""A console progress bar for training when ``cfg.CONSOLE == "progress"``."""
+"""A console progress bar for training when ``cfg.RUN.CONSOLE == "progress"``."""
 from __future__ import annotations
 
 from detectron2.engine import HookBase

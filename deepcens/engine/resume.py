@@ -33,7 +33,6 @@ from detectron2.data import build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
 
-from deepcens.utils.worker_errors import input_error_from_worker
 
 logger = logging.getLogger(__name__)
 
@@ -123,15 +122,9 @@ class ResumableLoader:
 
     def __iter__(self) -> Iterator[Any]:
         self._started = True
-        try:
-            for batch in self.loader:
-                self.consumed += len(batch)
-                yield batch
-        except RuntimeError as error:  # a worker's DeepcensInputError, re-raised by torch as text
-            converted = input_error_from_worker(error)
-            if converted is None:
-                raise
-            raise converted from None
+        for batch in self.loader:  # a worker's DeepcensInputError arrives rebuilt from its message
+            self.consumed += len(batch)
+            yield batch
 
     def state_dict(self) -> dict[str, int]:
         return {"seed": int(self.sampler.seed), "consumed": int(self.consumed)}

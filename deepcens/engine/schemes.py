@@ -22,49 +22,61 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.engine import SimpleTrainer
 
-from deepcens.engine.loops import LoaderBuilder, register_loop
+from deepcens.engine.loops import TRAIN_LOOP_REGISTRY, LoaderBuilder, TrainLoop, amp_precision
 
 
-class MultiDatasetTrainer(SimpleTrainer):
-    """``SimpleTrainer`` over one loader per dataset; :meth:`schedule` says which loaders feed a step.
+def _train_names(cfg: CfgNode) -> list[str]:
+    names = list(cfg.DATASETS.TRAIN)
+    if not names:
+        raise ValueError("DATASETS.TRAIN is empty")
+    return names
+
+
+@TRAIN_LOOP_REGISTRY.register()
+class Mix(TrainLoop):
+    """Mix: one loader over the union of ``DATASETS.TRAIN``, one step per minibatch."""
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    build_loader: LoaderBuilder) -> "Mix":
+        return cls(model, build_loader(cfg, _train_names(cfg)), optimizer, amp_precision(cfg))
+
+
+class MultiDatasetLoop(TrainLoop):
+    """A loop over one loader per dataset; :meth:`schedule` says which loaders feed a step.
 
     A step with more than one loader accumulates their gradients before the optimizer step.
     Logged losses are the sums over the step's minibatches (what was back-propagated).
     """
 
-    def __init__(self, model, loaders: Sequence, optimizer, scheme: str, max_iter: int, seed: int = 0,
-                 dataset_names: Sequence[str] = ()):
-        super().__init__(model, loaders[0], optimizer)
-        if scheme not in ("Seq", "Fix", "Shu", "Cho", "Acc"):
-            raise ValueError(f"unknown multi-dataset scheme {scheme!r}")
+    def __init__(self, model: torch.nn.Module, loaders: Sequence[Iterable], optimizer: torch.optim.Optimizer,
+                 max_iter: int, seed: int = 0, dataset_names: Sequence[str] = (),
+                 precision: torch.dtype | None = None):
+        super().__init__(model, None, optimizer, precision)
+        if not loaders:
+            raise ValueError("a multi-dataset loop needs at least one loader")
         self.loaders = list(loaders)
         self._iters: list | None = None
-        self.scheme = scheme
         self.max_iter = int(max_iter)
         self.seed = int(seed)
         self.dataset_names = list(dataset_names)
 
+    @classmethod
+    def from_config(cls, cfg: CfgNode, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    build_loader: LoaderBuilder) -> "MultiDatasetLoop":
+        names = _train_names(cfg)
+        loaders = [build_loader(cfg, [name]) for name in names]
+        return cls(model, loaders, optimizer, cfg.SOLVER.MAX_ITER, cfg.SOLVER.SCHEME_SEED, names, amp_precision(cfg))
+
     def schedule(self, iteration: int) -> list[int]:
         """Indices of the loaders whose minibatches make optimizer step ``iteration``."""
-        n = len(self.loaders)
-        if self.scheme == "Acc":
-            return list(range(n))
-        if self.scheme == "Fix":
-            return [iteration % n]
-        if self.scheme == "Shu":
-            order = np.random.default_rng([self.seed, iteration // n]).permutation(n)
-            return [int(order[iteration % n])]
-        if self.scheme == "Cho":
-            return [int(np.random.default_rng([self.seed, iteration]).integers(n))]
-        per_dataset = max(int(np.ceil(self.max_iter / n)), 1)  # Seq
-        return [min(iteration // per_dataset, n - 1)]
+        raise NotImplementedError
 
     def _next_batch(self, index: int):
         if self._iters is None:
@@ -72,7 +84,7 @@ class MultiDatasetTrainer(SimpleTrainer):
         return next(self._iters[index])
 
     def run_step(self) -> None:
-        assert self.model.training, "[MultiDatasetTrainer] model was changed to eval mode!"
+        assert self.model.training, f"[{type(self).__name__}] model was changed to eval mode!"
         indices = self.schedule(self.iter)
         self.optimizer.zero_grad()
         summed: dict[str, torch.Tensor] = {}
@@ -84,40 +96,53 @@ class MultiDatasetTrainer(SimpleTrainer):
             last = position == len(indices) - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
             with sync:
-                loss_dict = self.model(data)
-                if isinstance(loss_dict, torch.Tensor):
-                    loss_dict = {"total_loss": loss_dict}
-                sum(loss_dict.values()).backward()
+                loss_dict, losses = self.forward_losses(data)
+                self.backward(losses)
             for key, value in loss_dict.items():
                 summed[key] = summed[key] + value.detach() if key in summed else value.detach()
         self.after_backward()
         self._write_metrics(summed, data_time)
-        self.optimizer.step()
+        self.optimizer_step()
 
 
-def _names(cfg: CfgNode) -> list[str]:
-    names = list(cfg.DATASETS.TRAIN)
-    if not names:
-        raise ValueError("DATASETS.TRAIN is empty")
-    return names
+@TRAIN_LOOP_REGISTRY.register()
+class Seq(MultiDatasetLoop):
+    """Seq: the datasets one after the other, ``MAX_ITER / N`` steps each."""
+
+    def schedule(self, iteration: int) -> list[int]:
+        per_dataset = max(int(np.ceil(self.max_iter / len(self.loaders))), 1)
+        return [min(iteration // per_dataset, len(self.loaders) - 1)]
 
 
-def _multi(scheme: str):
-    def build(cfg: CfgNode, model, optimizer, build_loader: LoaderBuilder) -> MultiDatasetTrainer:
-        names = _names(cfg)
-        loaders = [build_loader(cfg, [name]) for name in names]
-        return MultiDatasetTrainer(model, loaders, optimizer, scheme, cfg.SOLVER.MAX_ITER,
-                                   cfg.SOLVER.SCHEME_SEED, names)
-    build.__name__ = f"build_{scheme.lower()}_loop"
-    build.__doc__ = f"The {scheme} universal-training scheme (see :mod:`deepcens.engine.schemes`)."
-    return build
+@TRAIN_LOOP_REGISTRY.register()
+class Fix(MultiDatasetLoop):
+    """Fix: one minibatch per step from each dataset in turn, in the fixed order."""
+
+    def schedule(self, iteration: int) -> list[int]:
+        return [iteration % len(self.loaders)]
 
 
-@register_loop("Mix")
-def build_mix_loop(cfg: CfgNode, model, optimizer, build_loader: LoaderBuilder) -> SimpleTrainer:
-    """Mix: one loader over the union of ``DATASETS.TRAIN``, one step per minibatch."""
-    return SimpleTrainer(model, build_loader(cfg, _names(cfg)), optimizer)
+@TRAIN_LOOP_REGISTRY.register()
+class Shu(MultiDatasetLoop):
+    """Shu: in turn, the order reshuffled (seeded) after every N minibatches."""
+
+    def schedule(self, iteration: int) -> list[int]:
+        n = len(self.loaders)
+        order = np.random.default_rng([self.seed, iteration // n]).permutation(n)
+        return [int(order[iteration % n])]
 
 
-for _scheme in ("Seq", "Fix", "Shu", "Cho", "Acc"):
-    register_loop(_scheme)(_multi(_scheme))
+@TRAIN_LOOP_REGISTRY.register()
+class Cho(MultiDatasetLoop):
+    """Cho: each step a dataset chosen uniformly at random (seeded by the iteration)."""
+
+    def schedule(self, iteration: int) -> list[int]:
+        return [int(np.random.default_rng([self.seed, iteration]).integers(len(self.loaders)))]
+
+
+@TRAIN_LOOP_REGISTRY.register()
+class Acc(MultiDatasetLoop):
+    """Acc: one minibatch from every dataset, gradients summed, ONE optimizer step."""
+
+    def schedule(self, iteration: int) -> list[int]:
+        return list(range(len(self.loaders)))

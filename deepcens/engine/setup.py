@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import torch
+import yaml
 from detectron2.config import CfgNode, get_cfg
 
 from deepcens.config import add_deepcens_config
 from deepcens.errors import DeepcensInputError
 
 logger = logging.getLogger(__name__)
+
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
 def load_config(config_file: str, opts: list[str] | None = None, freeze: bool = True) -> CfgNode:
@@ -22,17 +26,45 @@ def load_config(config_file: str, opts: list[str] | None = None, freeze: bool = 
         raise DeepcensInputError(config_file, "config file not found")
     cfg = get_cfg()
     add_deepcens_config(cfg)
+    check_config_file(config_file)
     try:
         cfg.merge_from_file(config_file)
+    except (KeyError, ValueError, AssertionError, OSError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        raise DeepcensInputError(config_file, "invalid config: " + " ".join(str(exc).split())) from None
+    try:
         cfg.merge_from_list(list(opts or []))
     except (KeyError, ValueError, AssertionError) as exc:
-        raise DeepcensInputError(config_file, f"invalid config: {exc}") from None
+        raise DeepcensInputError(config_file, "invalid option: " + " ".join(str(exc).split())) from None
+    if not DEVICE.fullmatch(cfg.MODEL.DEVICE):
+        raise DeepcensInputError(config_file, f"MODEL.DEVICE {cfg.MODEL.DEVICE!r} is not cpu, cuda or cuda:N")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("No CUDA device: running on the CPU (MODEL.DEVICE cpu)")
         cfg.MODEL.DEVICE = "cpu"
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def check_config_file(path: str) -> None:
+    """One-line errors for YAML files detectron2 would fail on with a traceback: syntax
+    errors, empty files, a non-mapping, and ``_BASE_`` files that do not exist."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        raise DeepcensInputError(path, "YAML syntax error: " + " ".join(str(exc).split())) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeepcensInputError(path, f"cannot read config ({exc})") from None
+    if content is None:
+        raise DeepcensInputError(path, "config file is empty")
+    if not isinstance(content, dict):
+        raise DeepcensInputError(path, "config must be a YAML mapping of KEY: value")
+    base = content.get("_BASE_")
+    if base is not None:
+        base_path = base if os.path.isabs(str(base)) else os.path.join(os.path.dirname(path), str(base))
+        if "://" not in str(base) and not os.path.isfile(base_path):
+            raise DeepcensInputError(path, f"_BASE_ {base!r} not found ({base_path})")
+        check_config_file(base_path)
 
 
 def prepare_datasets(cfg: CfgNode) -> None:
@@ -43,7 +75,7 @@ def prepare_datasets(cfg: CfgNode) -> None:
     """
     from detectron2.utils import comm
 
-    from deepcens.data import evican
+    from deepcens.data import ctc, evican
 
     root = cfg.DATASETS.ROOT
     synthetic_root = os.path.join(root, "synthetic")
@@ -58,6 +90,7 @@ def prepare_datasets(cfg: CfgNode) -> None:
                            num_val=num_val, num_eval=num_eval, size=cfg.DATASETS.SYNTHETIC.SIZE)
         comm.synchronize()
     evican.register_evican_from_cfg(cfg)
+    ctc.register_ctc_configuration_from_cfg(cfg)
     from deepcens.data.cellseg import register_cellseg_from_cfg
 
     register_cellseg_from_cfg(cfg)

@@ -5,12 +5,15 @@ What it changes, and why:
   R-CNN and dense (U-Net) methods share one trainer;
 - DDP is built without ``device_ids`` on CPU, and ``SyncBN`` becomes ``naiveSyncBN`` there
   (torch's SyncBatchNorm refuses CPU tensors), so ``--num-gpus 2`` works on a CPU machine;
+- the training loop comes from ``SOLVER.TRAIN_SCHEME`` and honours ``SOLVER.AMP`` (every loop is
+  a :class:`deepcens.engine.loops.TrainLoop`, detectron2's AMP step split into overridable parts);
 - checkpoints are written atomically and loaded weights-only (:mod:`deepcens.engine.checkpoint`);
 - periodic validation loss and AP on ``DATASETS.VAL`` and a best-checkpoint hook implement
   the checkpoint selection of the DeepCeNS paper.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import weakref
@@ -24,7 +27,7 @@ from detectron2.data import (
     build_detection_test_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.modeling import build_model
@@ -35,10 +38,11 @@ from detectron2.utils.logger import setup_logger
 
 from deepcens.data.mappers import build_mapper
 from deepcens.engine.checkpoint import DeepcensCheckpointer
+from deepcens.engine.best_checkpoint import CheckpointCriterion, CriterionBestCheckpointer
 from deepcens.engine.hooks import BadInputReportHook, ResumeStateHook, nonfinite_loss_guard
 from deepcens.engine.resume import build_resumable_train_loader
+from deepcens.engine.loops import TrainLoop, build_train_loop
 from deepcens.utils.metrics_log import SafeJSONWriter
-from deepcens.engine.loops import build_train_loop
 from deepcens.engine.schedules import build_lr_scheduler
 
 logger = logging.getLogger(__name__)
@@ -68,7 +72,7 @@ def filter_empty(dataset_dicts: list[dict]) -> list[dict]:
     return kept
 
 
-def build_train_loader_for(cfg: CfgNode, dataset_names: Sequence[str]):
+def build_training_loader(cfg: CfgNode, dataset_names: Sequence[str]):
     """A training loader over ``dataset_names`` with the config's mapper."""
     dicts = get_detection_dataset_dicts(list(dataset_names), filter_empty=False)
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
@@ -82,31 +86,44 @@ def build_train_loader_for(cfg: CfgNode, dataset_names: Sequence[str]):
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` for every deepcens method (see the module docstring)."""
 
-    def __init__(self, cfg: CfgNode):  # noqa: D107  (mirrors DefaultTrainer.__init__ in order)
-        super(DefaultTrainer, self).__init__()
+    def __init__(self, cfg: CfgNode):  # noqa: D107
+        # DefaultTrainer.__init__ hard-codes the two things deepcens changes: DDP with
+        # device_ids (fails for CPU models) and SimpleTrainer / AMPTrainer as the only loops.
+        # This is its order of construction with those two made into overridable build_* hooks.
+        TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        model = self.wrap_ddp(cfg, model)
-        self._trainer = build_train_loop(cfg, model, optimizer, build_train_loader_for)
+        model = self.build_ddp_model(cfg, model)
+        self._trainer = self.build_train_loop(cfg, model, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DeepcensCheckpointer(
-            model, cfg.OUTPUT_DIR, allow_unsafe=cfg.ALLOW_UNSAFE_CHECKPOINTS, trainer=weakref.proxy(self))
+        self.checkpointer = self.build_checkpointer(cfg, model, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
-    @staticmethod
-    def wrap_ddp(cfg: CfgNode, model: torch.nn.Module) -> torch.nn.Module:
+    @classmethod
+    def build_ddp_model(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.nn.Module:
         """DDP for >1 process; without ``device_ids`` for CPU models."""
         if comm.get_world_size() == 1:
             return model
         if cfg.MODEL.DEVICE == "cpu":
             return create_ddp_model(model, device_ids=None, broadcast_buffers=False)
         return create_ddp_model(model, broadcast_buffers=False)
+
+    @classmethod
+    def build_train_loop(cls, cfg: CfgNode, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainLoop:
+        """The loop of ``SOLVER.TRAIN_SCHEME`` (honouring ``SOLVER.AMP``), fed by :meth:`build_train_loader_for`."""
+        return build_train_loop(cfg, model, optimizer, cls.build_train_loader_for)
+
+    @classmethod
+    def build_checkpointer(cls, cfg: CfgNode, model: torch.nn.Module, **checkpointables) -> DeepcensCheckpointer:
+        """Atomic, weights-only checkpoints in ``OUTPUT_DIR`` (``RUN.ALLOW_UNSAFE_CHECKPOINTS``)."""
+        return DeepcensCheckpointer(model, cfg.OUTPUT_DIR, allow_unsafe=cfg.RUN.ALLOW_UNSAFE_CHECKPOINTS,
+                                    **checkpointables)
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
@@ -125,15 +142,20 @@ class Trainer(DefaultTrainer):
         params = get_default_optimizer_params(
             model, base_lr=cfg.SOLVER.BASE_LR, weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM)
         return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
-            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, amsgrad=cfg.SOLVER.AMSGRAD)
 
     @classmethod
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):
         return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
+    def build_train_loader_for(cls, cfg: CfgNode, dataset_names: Sequence[str]):
+        """A training loader over ``dataset_names``; the loops call it once per loader they need."""
+        return build_training_loader(cfg, dataset_names)
+
+    @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_train_loader_for(cfg, cfg.DATASETS.TRAIN)
+        return cls.build_train_loader_for(cfg, cfg.DATASETS.TRAIN)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
@@ -168,10 +190,10 @@ class Trainer(DefaultTrainer):
                 hook = hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self._eval_function(eval_datasets))
                 result.extend(extra)
                 result.append(hook)
-                if cfg.SOLVER.BEST_CHECKPOINT_METRIC and cfg.TEST.EVAL_PERIOD > 0 and comm.is_main_process():
-                    result.append(hooks.BestCheckpointer(
-                        cfg.TEST.EVAL_PERIOD, self.checkpointer, cfg.SOLVER.BEST_CHECKPOINT_METRIC,
-                        mode=cfg.SOLVER.BEST_CHECKPOINT_MODE))
+                wants_best = cfg.SOLVER.BEST_CHECKPOINT_METRIC or cfg.SOLVER.BEST_CHECKPOINT_CRITERION == "loss"
+                if wants_best and cfg.TEST.EVAL_PERIOD > 0 and comm.is_main_process():
+                    result.append(CriterionBestCheckpointer(
+                        cfg.TEST.EVAL_PERIOD, self.checkpointer, CheckpointCriterion.from_config(cfg)))
             else:
                 result.append(hook)
         # first: random states are snapshot right after each step, before other hooks draw numbers
@@ -190,8 +212,12 @@ class Trainer(DefaultTrainer):
 
     def _eval_function(self, dataset_names: Sequence[str]):
         def evaluate():
-            self._last_eval_results = self.test_on(self.cfg, self.model, dataset_names)
-            return self._last_eval_results
+            results = self.test_on(self.cfg, self.model, dataset_names)
+            self._last_eval_results = results
+            if self.cfg.TEST.EVAL_ON_TRAIN and len(self.cfg.DATASETS.TRAIN):
+                # XB-Net Sec. 5.4: the training sets are scored too (train/... in metrics.json)
+                results = OrderedDict(results, train=self.test_on(self.cfg, self.model, self.cfg.DATASETS.TRAIN))
+            return results
         return evaluate
 
 
@@ -214,6 +240,8 @@ class ValidationLossHook(hooks.HookBase):
         model = self._model.module if hasattr(self._model, "module") else self._model
         norm_layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)]
         states = [m.training for m in norm_layers]
+        # the loop's autocast (SOLVER.AMP), so validation losses are computed as training losses are
+        autocast = getattr(getattr(self.trainer, "_trainer", None), "autocast", contextlib.nullcontext)
         for layer in norm_layers:
             layer.eval()
         sums: dict[str, float] = {}
@@ -222,7 +250,8 @@ class ValidationLossHook(hooks.HookBase):
             with torch.no_grad():
                 for loader in self._loaders:
                     for inputs in loader:
-                        losses = model(inputs)
+                        with autocast():
+                            losses = model(inputs)
                         for key, value in losses.items():
                             sums[key] = sums.get(key, 0.0) + float(value)
                         count += 1

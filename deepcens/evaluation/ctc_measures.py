@@ -22,11 +22,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from typing import Iterable
 
 import numpy as np
 
+from deepcens.data.ctc_files import check_tra_frames, frame_file_name, frame_files
 from deepcens.data.io import read_label
 from deepcens.errors import DeepcensInputError
 
@@ -214,25 +214,23 @@ def sum_counts(items: Iterable[CTCCounts]) -> CTCCounts:
 
 # ---- CTC folders --------------------------------------------------------------------------------
 
-_FRAME_PATTERNS = {
-    "seg": re.compile(r"^man_seg(\d+)\.tif$"),
-    "tra": re.compile(r"^man_track(\d+)\.tif$"),
-    "res": re.compile(r"^mask(\d+)\.tif$"),
-}
-
-
 def ctc_frame_files(folder: str | os.PathLike, kind: str) -> dict[int, str]:
     """Frame number -> path of the 2D CTC files of one kind (``seg``, ``tra`` or ``res``)."""
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise DeepcensInputError(folder, "folder not found")
-    pattern = _FRAME_PATTERNS[kind]
-    files = {}
-    for name in sorted(os.listdir(folder)):
-        found = pattern.match(name)
-        if found:
-            files[int(found.group(1))] = os.path.join(folder, name)
-    return files
+    return frame_files(folder, kind)
+
+
+def _sequence_length(tra_dir: str, tra_files: dict, seg_files: dict) -> int:
+    """Frames of the sequence a GT folder annotates: up to the last frame ``man_track.txt``
+    lists, else the last reference file."""
+    from deepcens.data.ctc import parse_track_file
+
+    last = max(list(tra_files) + list(seg_files))
+    track_file = os.path.join(tra_dir, "man_track.txt")
+    if os.path.isfile(track_file):
+        tracks = parse_track_file(track_file)
+        if len(tracks):
+            last = max(last, int(tracks[:, 2].max()))
+    return last + 1
 
 
 def evaluate_ctc_folders(
@@ -250,6 +248,8 @@ def evaluate_ctc_folders(
     tra_files = ctc_frame_files(tra_dir, "tra") if os.path.isdir(tra_dir) else {}
     if not seg_files and not tra_files:
         raise DeepcensInputError(gt_dir, "no SEG/man_segTTT.tif or TRA/man_trackTTT.tif reference files")
+    if tra_files:
+        check_tra_frames(tra_dir, tra_files, _sequence_length(tra_dir, tra_files, seg_files))
     res_files = ctc_frame_files(res_dir, "res")
     if not res_files:
         raise DeepcensInputError(res_dir, "no maskTTT.tif result files")
@@ -263,7 +263,7 @@ def evaluate_ctc_folders(
     for frame in wanted:
         if frame not in res_files:
             raise DeepcensInputError(
-                os.path.join(res_dir, f"mask{frame:0{digits}d}.tif"), f"missing result frame {frame} (the GT has it)")
+                os.path.join(res_dir, frame_file_name("res", frame, digits)), f"missing result frame {frame} (the GT has it)")
         gt_seg = read_label(seg_files[frame]) if frame in seg_files else None
         markers = read_label(tra_files[frame], None if gt_seg is None else gt_seg.shape) if frame in tra_files else None
         reference = gt_seg if gt_seg is not None else markers

@@ -19,7 +19,7 @@ Both keep every size and satisfy the RPN rule. ``all_levels`` is the default bec
 one that reaches small objects: a size-``s`` anchor on a level of stride ``t`` can be up to
 ``t / 2`` off an object's centre in x and y, and under ``split`` the mid sizes land on coarse
 levels (nucleus list: 17/24 px on stride 16, 31/64 px on stride 32). Measured with
-``tools/anchor_stats.py`` (exact best IoU over the anchor grid, 1024x1024 input frame), the
+``deepcens anchors`` (:mod:`deepcens.analysis.anchor_stats`, exact best IoU over the anchor grid, 1024x1024 input frame), the
 share of ground-truth boxes no anchor reaches at IoU >= 0.5 with the nucleus list is 3.5 %
 (``all_levels``) vs 41 % (``split``) on 3,147 DSB-2018 nuclei, and 1.6 % vs 29 % on 1,360
 Usiigaci cells (detectron2's default anchors: 22 % and 3.7 %). See docs/anchors.md.
@@ -35,7 +35,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator
 from detectron2.structures.boxes import Boxes, matched_pairwise_iou
 
-__all__ = ["flat_sizes_to_levels", "FlatSizesAnchorGenerator", "best_anchor_iou", "MAPPINGS"]
+__all__ = ["flat_sizes_to_levels", "FlatSizesAnchorGenerator", "anchor_level_sizes", "best_anchor_iou", "MAPPINGS"]
 
 MAPPINGS = ("all_levels", "split")
 
@@ -88,14 +88,15 @@ class FlatSizesAnchorGenerator(DefaultAnchorGenerator):
             # ASPECT_RATIOS (flat list or [[...]]) is broadcast to every level by the parent class
         return args
 
-    @property
-    def level_sizes(self) -> list[list[float]]:
-        """Anchor sizes (sqrt of area) used on each level, recovered from the cell anchors."""
-        result = []
-        for _, anchors in self.cell_anchors.named_buffers():
-            areas = ((anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])).sqrt()
-            result.append(sorted({round(float(a), 3) for a in areas}))
-        return result
+
+def anchor_level_sizes(generator: DefaultAnchorGenerator) -> list[list[float]]:
+    """The anchor sizes (sqrt of anchor area, rounded to 0.01 px) on each level of ``generator``,
+    recovered from its cell anchors: what the RPN really uses, whatever config made it."""
+    result = []
+    for _, anchors in generator.cell_anchors.named_buffers():
+        areas = ((anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])).sqrt()
+        result.append(sorted({round(float(area), 2) for area in areas}))
+    return result
 
 
 def best_anchor_iou(

@@ -28,12 +28,12 @@ from scipy import ndimage
 from skimage import morphology
 from skimage.segmentation import expand_labels
 
+from deepcens.data.targets import CELL
 from deepcens.postprocess.instances import label_image_to_instances
 
 DECODER_REGISTRY = Registry("DENSE_DECODER")
 DECODER_REGISTRY.__doc__ = "Decoders: (cfg) -> callable(probabilities [C,H,W], dataset_name) -> Instances."
 
-BACKGROUND, BOUNDARY, CELL = 0, 1, 2
 
 
 def parse_postprocess_overrides(entries: list[str] | tuple[str, ...]) -> dict[str, tuple[int, int]]:

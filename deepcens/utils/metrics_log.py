@@ -31,23 +31,30 @@ def _complete_lines(data: bytes) -> list[bytes]:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Records of a ``metrics.json``; a trailing partial line (crash mid-write) is skipped.
+    """Records of a ``metrics.json``: the one reader (training resume, plots, report).
 
-    A broken line in the middle of the file is also skipped, with a warning, so one damaged
+    Rule for damaged lines: a trailing partial line (a crash mid-write) is left out silently,
+    a broken line in the middle is skipped with one warning counting them, so one damaged
     record does not hide the rest of a training curve. When iterations repeat (a run resumed
-    with an older writer), the last record of each iteration wins.
+    with an older writer), the last record of each iteration wins. A missing file, or one
+    with no JSON record at all (binary data, another format), is a ``DeepcensInputError``.
     """
+    from deepcens.errors import DeepcensInputError
+
+    if not os.path.isfile(path):
+        raise DeepcensInputError(path, "metrics file not found (is this a training output folder?)")
     with open(path, "rb") as handle:
         data = handle.read()
     records: dict[object, dict] = {}
     order: list[object] = []
+    broken: list[int] = []
     for number, line in enumerate(_complete_lines(data), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except (ValueError, UnicodeDecodeError):
-            logger.warning(f"{os.fspath(path)}: line {number} is not valid JSON; skipped")
+            broken.append(number)
             continue
         if not isinstance(record, dict):
             continue
@@ -55,6 +62,10 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
         if key not in records:
             order.append(key)
         records[key] = record
+    if data.strip() and not records:
+        raise DeepcensInputError(path, "holds no JSON metrics record (not a detectron2 metrics.json)")
+    if broken:
+        logger.warning(f"{os.fspath(path)}: {len(broken)} line(s) are not valid JSON (first: line {broken[0]}); skipped")
     return [records[key] for key in order]
 
 

@@ -73,6 +73,12 @@ class SelfOffsetDeformConv2d(DeformConv2d):
             offset, mask = out[:, :n_offset], torch.sigmoid(out[:, n_offset:])
         else:
             offset = out
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            # torchvision's CPU kernel has no bfloat16 (and its CUDA autocast casts to float32
+            # too): under SOLVER.AMP the deformable convolution itself runs in float32
+            with torch.autocast(device_type, enabled=False):
+                return super().forward(x.float(), offset.float(), None if mask is None else mask.float())
         return super().forward(x, offset, mask)
 
     def __repr__(self) -> str:

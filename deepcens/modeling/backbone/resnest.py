@@ -307,7 +307,7 @@ def build_resnest_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNeSt:
                 "PIXEL_STD=[58.395,57.12,57.375]); got FORMAT=%s PIXEL_STD=%s",
                 cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_STD),
             )
-        load_resnest_pretrained(backbone, r.PRETRAINED, allow_unsafe=cfg.get("ALLOW_UNSAFE_CHECKPOINTS", False))
+        load_resnest_pretrained(backbone, r.PRETRAINED, allow_unsafe=cfg.RUN.ALLOW_UNSAFE_CHECKPOINTS)
     # freeze after loading so FrozenBN takes the pretrained statistics
     return backbone.freeze(r.FREEZE_AT)
 

@@ -1,6 +1,7 @@
 """Dense-prediction networks (U-Nets) found by ``cfg.MODEL.DENSE.NETWORK``.
 
-A builder in :data:`DENSE_NETWORK_REGISTRY` is called as ``builder(cfg)`` and returns an
+An entry of :data:`DENSE_NETWORK_REGISTRY` (a module class with detectron2's ``@configurable``
+``from_config(cfg)``, registered by class name) is called as ``entry(cfg)`` and returns an
 ``nn.Module`` mapping images ``(B, MODEL.DENSE.INPUT_CHANNELS, H, W)`` to logits
 ``(B, MODEL.DENSE.NUM_OUTPUTS, H, W)`` (H, W multiples of ``MODEL.DENSE.SIZE_DIVISIBILITY``).
 The dense meta-architecture (:mod:`deepcens.modeling.meta_arch.dense`) wraps any of them.

@@ -40,19 +40,20 @@ class ASPP(nn.Module):
 
     Pathways: a 1x1 conv, one 3x3 conv per dilation rate, and image-level pooling; each gives
     ``in_channels // 2`` maps. Their concatenation is fused by a 1x1 conv + norm, added to a
-    (1x1-projected if needed) skip of the input, then ReLU.
+    (1x1-projected if needed) skip of the input, then ReLU. ``pool_norm`` adds a norm after the
+    pooled 1x1 conv, as the XB-Net authors' code (GN there; BatchNorm on a 1x1 map needs batch > 1).
     """
 
     def __init__(self, in_channels: int, out_channels: int, dilations: Sequence[int] = (6, 12, 18),
-                 norm: str = "GN", groups: int = 8):
+                 norm: str = "GN", groups: int = 8, pool_norm: bool = False):
         super().__init__()
         mid = in_channels // 2
         self.paths = nn.ModuleList([conv_norm_act(in_channels, mid, 1, norm, groups)])
         for rate in dilations:
             self.paths.append(conv_norm_act(in_channels, mid, 3, norm, groups, dilation=int(rate)))
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, mid, 1, bias=False),
+                                  make_norm(norm, mid, groups) if pool_norm else nn.Identity(),
                                   nn.ReLU(inplace=True))
-        # no norm after the pooled 1x1 conv: its map is 1x1, where BatchNorm fails at batch 1
         self.fuse = conv_norm_act(mid * (len(dilations) + 2), out_channels, 1, norm, groups, act=False)
         self.skip = (nn.Identity() if in_channels == out_channels
                      else conv_norm_act(in_channels, out_channels, 1, norm, groups, act=False))

@@ -5,7 +5,7 @@ Two networks in ``DENSE_NETWORK_REGISTRY``, both MONAI's ``DiNTS`` over a 2D top
 ``NUM_BLOCKS`` (the paper's "Depth"):
 
 - ``"DiNTSSearch"``: the search supernet, a ``TopologySearch`` whose architecture
-  parameters (``log_alpha_a`` paths, ``log_alpha_c`` cell operations) the ``dints_search``
+  parameters (``log_alpha_a`` paths, ``log_alpha_c`` cell operations) the ``DiNTSSearch``
   training loop learns (:mod:`deepcens.engine.dints_search`);
 - ``"DiNTS2D"``: the searched network, a ``TopologyInstance`` built from the architecture file
   the search decoded (``MODEL.DENSE.DINTS.ARCH_FILE``, JSON written by
@@ -142,7 +142,7 @@ def find_topology_search(model: nn.Module) -> TopologySearch:
     for module in model.modules():
         if isinstance(module, TopologySearch):
             return module
-    raise ValueError("the dints_search loop needs MODEL.DENSE.NETWORK DiNTSSearch (no TopologySearch in the model)")
+    raise ValueError("the DiNTSSearch training loop needs MODEL.DENSE.NETWORK DiNTSSearch (no TopologySearch in the model)")
 
 
 # ---- architecture files ----------------------------------------------------------------------

@@ -5,19 +5,24 @@ first stage, doubling per stage up to 1024 at the bottleneck), 2x2 max pooling d
 up-convolution up, BatchNorm, no ASPP. One switch per paper variant:
 ``DEPTH`` 6 (Depth6), ``DOWNSAMPLE "conv"`` (Convstride: 3x3 stride-2 convs), ``ASPP True``
 (ASPP at the bottleneck), ``UPSAMPLE "pixelshuffle"`` (Pixelshuffle), ``NORM "GN"``
-(Groupnorm, 8 groups). ``ENCODER "resnet50"`` / ``"resnext50"`` are the backbone variants of
-Sec. 4.3 (torchvision trunks, ``conv1`` at stride 1, bridges after ``conv1`` and each layer).
+(Groupnorm, 8 groups). ``ENCODER "resnet50"`` / ``"resnext50"`` / ``"xception"`` /
+``"densenet201"`` / ``"resden"`` are the backbone variants of Sec. 4.3 (ResNets: torchvision
+trunks, ``conv1`` at stride 1, bridges after ``conv1`` and each layer; the others in
+:mod:`deepcens.modeling.dense.unet_encoders`).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, configurable
 from torch import nn
 
 from deepcens.modeling.dense import DENSE_NETWORK_REGISTRY
 from deepcens.modeling.dense.blocks import ASPP, conv_norm_act, make_norm
+from deepcens.modeling.dense.unet_encoders import DenseNetEncoder, ResDenEncoder, XceptionEncoder
+
+OTHER_ENCODERS = {"xception": XceptionEncoder, "densenet201": DenseNetEncoder, "resden": ResDenEncoder}
 
 
 def vgg_block(in_channels: int, out_channels: int, norm: str, groups: int) -> nn.Sequential:
@@ -84,9 +89,21 @@ class ResNetEncoder(nn.Module):
         return skips, x
 
 
+@DENSE_NETWORK_REGISTRY.register()
 class UNet(nn.Module):
     """Encoder + optional ASPP bottleneck + decoder of up-sampling and VGG blocks."""
 
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict:
+        """The U-Net of ``cfg.MODEL.DENSE.UNET`` (defaults: the paper's Base variant)."""
+        u = cfg.MODEL.DENSE.UNET
+        return dict(
+            in_channels=cfg.MODEL.DENSE.INPUT_CHANNELS, num_outputs=cfg.MODEL.DENSE.NUM_OUTPUTS,
+            base_channels=u.BASE_CHANNELS, depth=u.DEPTH, norm=u.NORM, groups=u.GN_GROUPS,
+            downsample=u.DOWNSAMPLE, upsample=u.UPSAMPLE, aspp=u.ASPP, aspp_dilations=tuple(u.ASPP_DILATIONS),
+            encoder=u.ENCODER)
+
+    @configurable
     def __init__(self, in_channels: int = 1, num_outputs: int = 3, base_channels: int = 64, depth: int = 5,
                  norm: str = "BN", groups: int = 8, downsample: str = "maxpool", upsample: str = "upconv",
                  aspp: bool = False, aspp_dilations: Sequence[int] = (6, 12, 18), encoder: str = "vgg"):
@@ -94,9 +111,15 @@ class UNet(nn.Module):
         if encoder == "vgg":
             self.encoder = VGGEncoder(in_channels, base_channels, depth, norm, groups, downsample)
             self.size_divisibility = 2 ** (depth - 1)
-        else:
+        elif encoder in ("resnet50", "resnext50"):
             self.encoder = ResNetEncoder(encoder, in_channels, norm, groups)
             self.size_divisibility = 16
+        elif encoder in OTHER_ENCODERS:
+            self.encoder = OTHER_ENCODERS[encoder](in_channels, norm=norm, groups=groups)
+            self.size_divisibility = self.encoder.size_divisibility
+        else:
+            raise ValueError(f"MODEL.DENSE.UNET.ENCODER must be one of vgg, resnet50, resnext50, "
+                             f"{', '.join(OTHER_ENCODERS)}; got {encoder!r}")
         if upsample not in ("upconv", "pixelshuffle"):
             raise ValueError(f"MODEL.DENSE.UNET.UPSAMPLE must be upconv or pixelshuffle, got {upsample!r}")
         c = self.encoder.out_channels
@@ -120,16 +143,3 @@ class UNet(nn.Module):
         for up, block, skip in zip(self.ups, self.blocks, reversed(skips)):
             x = block(torch.cat([up(x), skip], dim=1))
         return self.classifier(x)
-
-
-def build_vgg_unet(cfg: CfgNode) -> UNet:
-    """The U-Net of ``cfg.MODEL.DENSE.UNET`` (defaults: the paper's Base variant)."""
-    u = cfg.MODEL.DENSE.UNET
-    return UNet(
-        in_channels=cfg.MODEL.DENSE.INPUT_CHANNELS, num_outputs=cfg.MODEL.DENSE.NUM_OUTPUTS,
-        base_channels=u.BASE_CHANNELS, depth=u.DEPTH, norm=u.NORM, groups=u.GN_GROUPS,
-        downsample=u.DOWNSAMPLE, upsample=u.UPSAMPLE, aspp=u.ASPP, aspp_dilations=tuple(u.ASPP_DILATIONS),
-        encoder=u.ENCODER)
-
-
-DENSE_NETWORK_REGISTRY._do_register("UNet", build_vgg_unet)

@@ -16,19 +16,32 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, configurable
 from torch import nn
 
 from deepcens.modeling.dense import DENSE_NETWORK_REGISTRY
 from deepcens.modeling.dense.blocks import ASPP, ResidualDenseBlock, conv_norm_act, make_norm
 
 
+@DENSE_NETWORK_REGISTRY.register()
 class XBNet(nn.Module):
     """XB-Net; see the module docstring. Default arguments give the paper's network."""
 
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> dict:
+        """XB-Net from ``cfg.MODEL.DENSE`` and ``cfg.MODEL.DENSE.XBNET``."""
+        x = cfg.MODEL.DENSE.XBNET
+        return dict(
+            in_channels=cfg.MODEL.DENSE.INPUT_CHANNELS, num_outputs=cfg.MODEL.DENSE.NUM_OUTPUTS,
+            base_channels=x.BASE_CHANNELS, num_stages=x.NUM_STAGES, norm=x.NORM, groups=x.GN_GROUPS,
+            entry_kernel=x.ENTRY_KERNEL, dense_layers=x.DENSE_LAYERS, residual_scale=x.RESIDUAL_SCALE,
+            aspp_dilations=tuple(x.ASPP_DILATIONS), aspp=x.ASPP, aspp_pool_norm=x.ASPP_POOL_NORM)
+
+    @configurable
     def __init__(self, in_channels: int = 1, num_outputs: int = 3, base_channels: int = 32, num_stages: int = 4,
                  norm: str = "GN", groups: int = 8, entry_kernel: int = 7, dense_layers: int = 4,
-                 residual_scale: float = 0.2, aspp_dilations: Sequence[int] = (6, 12, 18), aspp: bool = True):
+                 residual_scale: float = 0.2, aspp_dilations: Sequence[int] = (6, 12, 18), aspp: bool = True,
+                 aspp_pool_norm: bool = False):
         super().__init__()
         self.size_divisibility = 2 ** num_stages
         c = base_channels
@@ -43,7 +56,7 @@ class XBNet(nn.Module):
                 conv_norm_act(c, 2 * c, 3, norm, groups, stride=2),
             ))
             c *= 2
-        self.bottleneck = ASPP(c, c, aspp_dilations, norm, groups) if aspp else nn.Identity()
+        self.bottleneck = ASPP(c, c, aspp_dilations, norm, groups, aspp_pool_norm) if aspp else nn.Identity()
         self.up = nn.ModuleList()
         self.bridges = nn.ModuleList()
         self.decoder = nn.ModuleList()
@@ -66,16 +79,3 @@ class XBNet(nn.Module):
         for up, bridge, block, skip in zip(self.up, self.bridges, self.decoder, reversed(skips)):
             x = block(torch.cat([up(x), bridge(skip)], dim=1))
         return self.classifier(x)
-
-
-def build_xbnet(cfg: CfgNode) -> XBNet:
-    """XB-Net from ``cfg.MODEL.DENSE`` and ``cfg.MODEL.DENSE.XBNET``."""
-    x = cfg.MODEL.DENSE.XBNET
-    return XBNet(
-        in_channels=cfg.MODEL.DENSE.INPUT_CHANNELS, num_outputs=cfg.MODEL.DENSE.NUM_OUTPUTS,
-        base_channels=x.BASE_CHANNELS, num_stages=x.NUM_STAGES, norm=x.NORM, groups=x.GN_GROUPS,
-        entry_kernel=x.ENTRY_KERNEL, dense_layers=x.DENSE_LAYERS, residual_scale=x.RESIDUAL_SCALE,
-        aspp_dilations=tuple(x.ASPP_DILATIONS), aspp=x.ASPP)
-
-
-DENSE_NETWORK_REGISTRY._do_register("XBNet", build_xbnet)

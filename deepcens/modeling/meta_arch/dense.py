@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from deepcens.modeling.dense import build_dense_network
 from deepcens.modeling.losses import build_dense_loss
+from deepcens.postprocess.tiling import blend_tiled_probabilities
 
 
 def _pad_to(x: torch.Tensor, height: int, width: int, mode: str, value: float = 0.0) -> torch.Tensor:
@@ -45,31 +46,13 @@ def _round_up(value: int, divisor: int) -> int:
     return int(math.ceil(value / divisor) * divisor)
 
 
-def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Start offsets of tiles of side ``tile`` every ``stride`` pixels covering ``[0, length)``."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
-
-
-def blend_window(tile: int, overlap: float, device=None) -> torch.Tensor:
-    """(tile,) weights: 1 in the middle, a cosine ramp over the overlap at both ends, never 0."""
-    ramp = max(int(round(tile * overlap)), 1)
-    position = torch.arange(tile, dtype=torch.float32, device=device)
-    distance = torch.minimum(position + 0.5, tile - position - 0.5)  # to the nearer edge
-    weights = 0.5 - 0.5 * torch.cos(math.pi * torch.clamp(distance / ramp, max=1.0))
-    return weights.clamp(min=1e-3)
-
-
 @META_ARCH_REGISTRY.register()
 class DenseSegmentor(nn.Module):
     """Dense-prediction meta-architecture (see the module docstring)."""
 
     def __init__(self, cfg: CfgNode):
         super().__init__()
-        from deepcens.postprocess.decoders import build_decoder  # C1's registry
+        from deepcens.postprocess.decoders import build_decoder  # imported when the model is built
 
         d = cfg.MODEL.DENSE
         self.network = build_dense_network(cfg)
@@ -125,30 +108,25 @@ class DenseSegmentor(nn.Module):
     def _sliding_window(self, x: torch.Tensor, tile: int) -> torch.Tensor:
         """Blend softmax probabilities of overlapping ``tile`` x ``tile`` windows over ``x`` (1, C, H, W)."""
         x = _pad_to(x, max(x.shape[-2], tile), max(x.shape[-1], tile), "reflect")
-        height, width = x.shape[-2:]
-        stride = max(int(tile * (1.0 - self.sliding_overlap)), 1)
-        window = blend_window(tile, self.sliding_overlap, x.device)
-        weight2d = window[:, None] * window[None, :]
-        total = None
-        weights = torch.zeros((height, width), device=x.device)
-        for top in tile_starts(height, tile, stride):
-            for left in tile_starts(width, tile, stride):
-                probs = F.softmax(self.network(x[..., top:top + tile, left:left + tile]), dim=1)[0]
-                if total is None:
-                    total = torch.zeros((probs.shape[0], height, width), device=x.device)
-                total[:, top:top + tile, left:left + tile] += probs * weight2d
-                weights[top:top + tile, left:left + tile] += weight2d
-        return total / weights
+        return blend_tiled_probabilities(x, tile, self.sliding_overlap,
+                                         lambda window: F.softmax(self.network(window), dim=1)[0])
+
+    def output_probabilities(self, item: dict) -> torch.Tensor:
+        """Softmax probabilities ``(NUM_OUTPUTS, height, width)`` of one mapped input, at the size
+        ``height`` x ``width`` of the input dict: what the decoder receives. Callers that decode
+        themselves (the decoder grid search) use this instead of :meth:`inference`."""
+        probabilities = self.predict_probabilities(item["image"])
+        out_h, out_w = int(item.get("height", probabilities.shape[-2])), int(item.get("width", probabilities.shape[-1]))
+        if (out_h, out_w) != tuple(probabilities.shape[-2:]):
+            probabilities = F.interpolate(probabilities[None], size=(out_h, out_w), mode="bilinear",
+                                          align_corners=False)[0]
+        return probabilities
 
     def inference(self, batched_inputs: list[dict]) -> list[dict]:
         """``[{"instances": Instances}]``, one per input, in the size ``height`` x ``width`` of the input dict."""
         results = []
         for item in batched_inputs:
-            probabilities = self.predict_probabilities(item["image"])
-            out_h, out_w = int(item.get("height", probabilities.shape[-2])), int(item.get("width", probabilities.shape[-1]))
-            if (out_h, out_w) != tuple(probabilities.shape[-2:]):
-                probabilities = F.interpolate(probabilities[None], size=(out_h, out_w), mode="bilinear",
-                                              align_corners=False)[0]
+            probabilities = self.output_probabilities(item)
             dataset_name = item.get("dataset_name") or item.get("ctc_dataset")
             instances = self.decoder(probabilities, dataset_name)
             results.append({"instances": instances.to(self.device) if hasattr(instances, "to") else instances})
