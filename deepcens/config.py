@@ -23,6 +23,7 @@ def add_deepcens_config(cfg: CN) -> None:
     _add_tracking_config(cfg)
     _add_user_data_config(cfg)
     _add_nas_unet_config(cfg)
+    _add_dints_config(cfg)
     _add_plugin_config(cfg)  # last: plugin keys may build on everything above
 
 
@@ -305,3 +306,46 @@ def _add_nas_unet_config(cfg: CN) -> None:
     cfg.MODEL.DENSE.WATERSHED.MARKER_THRESHOLD = 0.5  # seeds: marker probability above this
     cfg.MODEL.DENSE.WATERSHED.MIN_SEED_SIZE = 5  # seeds smaller than this (pixels) are dropped
     cfg.MODEL.DENSE.WATERSHED.KEEP_UNSEEDED = True  # cell-mask components without a seed become instances of their own
+
+
+def _add_dints_config(cfg: CN) -> None:
+    # ---- 2D DiNTS, MONAI baselines, cell-segmentation folders (docs/dints.md) -----------------
+    cfg.DATASETS.CELLSEG = CN()
+    cfg.DATASETS.CELLSEG.FOLDERS = [["neurips_cellseg", "datasets/neurips-cellseg"], ["dsb2018", "datasets/dsb2018-nuclei"]]  # [prefix, folder] pairs (images/ + labels/) registered as prefix_{all,train,val,train_weights,train_arch}
+    cfg.DATASETS.CELLSEG.VAL_FRACTION = 0.1  # held-back part per folder (paper Table 2: 900:100 images)
+    cfg.DATASETS.CELLSEG.SEED = 0  # seed of the train / val shuffle
+    cfg.MODEL.DENSE.INTERIOR_BOUNDARY = CN()
+    cfg.MODEL.DENSE.INTERIOR_BOUNDARY.TARGET_BOUNDARY_RADIUS = 1  # target: inner object boundaries dilated by a disk of this radius (challenge baseline: 1)
+    cfg.MODEL.DENSE.INTERIOR_BOUNDARY.TARGET_MIN_INTERIOR_SIZE = 16  # target: interior fragments below this many pixels become background (challenge baseline: 16)
+    cfg.MODEL.DENSE.INTERIOR_BOUNDARY.THRESHOLD = 0.5  # decoder: a pixel is interior when its interior probability exceeds this (challenge baseline: 0.5)
+    cfg.MODEL.DENSE.INTERIOR_BOUNDARY.MIN_OBJECT_SIZE = 16  # decoder: interior components below this many pixels are removed (challenge baseline: 16)
+    cfg.MODEL.DENSE.INTERIOR_BOUNDARY.MAX_HOLE_SIZE = 64  # decoder: holes of at most this area inside interior components are filled (challenge baseline: scikit-image default 64)
+    cfg.MODEL.DENSE.INTERIOR_BOUNDARY.GROWTH = 2  # decoder: components grow by up to this many pixels into interior/boundary-class pixels (0 = off)
+    cfg.MODEL.DENSE.MONAI = CN()
+    cfg.MODEL.DENSE.MONAI.ROI_SIZE = 224  # sliding-window patch at inference; the training patch (paper Table 2: 224 or 384); 0 = whole image
+    cfg.MODEL.DENSE.MONAI.SW_OVERLAP = 0.25  # overlap of MONAI sliding_window_inference windows (not stated; MONAI default)
+    cfg.MODEL.DENSE.MONAI.SW_BATCH_SIZE = 4  # windows per forward pass in sliding-window inference (not stated; challenge baseline 4)
+    cfg.MODEL.DENSE.MONAI.UNET_CHANNELS = (16, 32, 64, 128, 256)  # MONAI UNet channels (gives the paper's 1,626,072 parameters, Table 3)
+    cfg.MODEL.DENSE.MONAI.UNET_STRIDES = (2, 2, 2, 2)  # MONAI UNet strides (challenge baseline)
+    cfg.MODEL.DENSE.MONAI.UNET_NUM_RES_UNITS = 2  # MONAI UNet residual units per block (challenge baseline)
+    cfg.MODEL.DENSE.MONAI.SEGRESNET_INIT_FILTERS = 8  # MONAI SegResNet initial filters (MONAI default; gives Table 3 counts)
+    cfg.MODEL.DENSE.MONAI.SEGRESNET_BLOCKS_DOWN = (1, 2, 2, 4)  # MONAI SegResNet residual blocks per level (MONAI default)
+    cfg.MODEL.DENSE.MONAI.SEGRESNET_UPSAMPLE = "deconv"  # deconv | nontrainable | pixelshuffle (paper Tables 3-4)
+    cfg.MODEL.DENSE.DINTS = CN()
+    cfg.MODEL.DENSE.DINTS.CHANNEL_MUL = 1.0  # channel multiplier of the 32/64/128/256 maps (paper "Mul": 0.5 or 1)
+    cfg.MODEL.DENSE.DINTS.NUM_BLOCKS = 8  # blocks of the topology (paper "Depth": 8 or 12)
+    cfg.MODEL.DENSE.DINTS.NUM_DEPTHS = 3  # resolution levels (not stated; MONAI default 3, gives Table 3 counts within 1.5 %)
+    cfg.MODEL.DENSE.DINTS.USE_DOWNSAMPLE = True  # stem downsamples by 2 before the topology (MONAI default)
+    cfg.MODEL.DENSE.DINTS.CELL = "monai"  # monai: skip + 3x3 conv | six_ops: the paper's six 2D operations (Sec. 2.2)
+    cfg.MODEL.DENSE.DINTS.ARCH_FILE = ""  # architecture JSON decoded by the search, for MODEL.DENSE.NETWORK DiNTS2D
+    cfg.SOLVER.DINTS_SEARCH = CN()
+    cfg.SOLVER.DINTS_SEARCH.WARMUP_ITERS = 0  # iterations training weights only before architecture updates start (MONAI tutorial: half the search)
+    cfg.SOLVER.DINTS_SEARCH.ARCH_LR = 0.001  # Adam learning rate of the path and cell-operation parameters (MONAI tutorial)
+    cfg.SOLVER.DINTS_SEARCH.ARCH_BETAS = (0.5, 0.999)  # Adam betas of the architecture optimisers (MONAI tutorial)
+    cfg.SOLVER.DINTS_SEARCH.RAM_COST_FACTOR = 0.8  # target fraction of the full supernet's estimated RAM (MONAI tutorial)
+    cfg.SOLVER.DINTS_SEARCH.TOPOLOGY_WEIGHT = 0.001  # weight of the topology entropy loss (MONAI tutorial)
+    cfg.SOLVER.DINTS_SEARCH.ARCH_DATASETS = ()  # datasets feeding the architecture steps; empty = DATASETS.TRAIN
+    cfg.SOLVER.DINTS_SEARCH.DECODE_PERIOD = 500  # decode and write OUTPUT_DIR/arch_code.json every this many iterations (and at the end)
+    cfg.SOLVER.EARLY_STOP = CN()
+    cfg.SOLVER.EARLY_STOP.PATIENCE = 0  # checks without a lower validation loss before training stops (paper Table 2: 100 epochs); 0 = off
+    cfg.SOLVER.EARLY_STOP.PERIOD = 100  # iterations between validation-loss checks over DATASETS.VAL (one check = one "epoch")

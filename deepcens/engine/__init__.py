@@ -4,3 +4,4 @@ from deepcens.engine.loops import TRAIN_LOOP_REGISTRY, build_train_loop  # noqa:
 from deepcens.engine.trainer import Trainer  # noqa: F401
 from deepcens.engine import schemes  # noqa: F401  (registers Mix / Seq / Fix / Shu / Cho / Acc loops)
 from deepcens.engine import nas_search  # noqa: F401  (registers the NasSearch loop)
+from deepcens.engine import dints_search  # noqa: F401,E402  (registers early_stopping / dints_search loops)

@@ -93,6 +93,9 @@ def prepare_datasets(cfg: CfgNode) -> None:
     evican.register_evican_from_cfg(cfg)
     ctc.register_ctc_configuration_from_cfg(cfg)
     register_user_datasets_from_cfg(cfg)  # DATASETS.FOLDERS / DATASETS.COCO
+    from deepcens.data.cellseg import register_cellseg_from_cfg
+
+    register_cellseg_from_cfg(cfg)
 
 
 def quiet_console() -> None:

@@ -2,7 +2,9 @@
 
 Per image it turns the predicted ``Instances`` into COCO results (RLE masks) and, rendered
 into label images (overlaps resolved by score), into CTC SEG/DET sums against the GT label
-image (TRA markers for DET when the dataset has them). At the end it scores COCO bbox/segm AP
+image (TRA markers for DET when the dataset has them) and, on fully labelled images, into
+instance F1 counts at IoU 0.5 and foreground Dice (:mod:`deepcens.evaluation.matching`;
+result task ``F1``). At the end it scores COCO bbox/segm AP
 (maxDets = ``TEST.DETECTIONS_PER_IMAGE``) on a GT COCO dict built in memory, pools the CTC
 sums (overall, per class, per CTC dataset and sequence) and writes ``per_image.json``.
 """
@@ -30,6 +32,7 @@ from deepcens.evaluation.coco import build_coco_dict, evaluate_coco, ground_trut
 from deepcens.evaluation.ctc_measures import CTCCounts, LabelMatch, det_counts, match_label_images, seg_counts
 from deepcens.postprocess.instances import compact_masks, instances_to_coco_results, instances_to_label_image
 from deepcens.structures.masks import CroppedMasks
+from deepcens.evaluation.matching import F1Counts, f1_counts
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,24 @@ def _build_tracker(cfg: CfgNode):
     from deepcens.tracking import build_tracker
 
     return build_tracker(cfg)
+
+
+def f1_results(per_image: list[F1Counts]) -> dict[str, float]:
+    """Instance F1 at IoU 0.5 over a dataset: ``F1`` is the mean of the per-image F1 (the
+    challenge's score; images without objects and predictions are left out), ``precision``,
+    ``recall`` and ``F1_pooled`` come from the pooled counts; ``Dice`` is the mean per-image
+    foreground Dice, ``Dice_pooled`` over all pixels."""
+    pooled = F1Counts()
+    for counts in per_image:
+        pooled = pooled + counts
+    image_f1 = [c.f1() for c in per_image if not math.isnan(c.f1())]
+    image_dice = [c.dice() for c in per_image if not math.isnan(c.dice())]
+    return {
+        "F1": float(np.mean(image_f1)) if image_f1 else float("nan"),
+        "precision": pooled.precision(), "recall": pooled.recall(), "F1_pooled": pooled.f1(),
+        "TP": pooled.tp, "FP": pooled.fp, "FN": pooled.fn, "images": len(per_image),
+        "Dice": float(np.mean(image_dice)) if image_dice else float("nan"), "Dice_pooled": pooled.dice(),
+    }
 
 
 def _nan_to_none(value: float | None) -> float | None:
@@ -219,6 +240,7 @@ class CellEvaluator(DatasetEvaluator):
 
         per_class: dict[int, CTCCounts] = {}
         proxy = np.zeros((len(PROXY_THRESHOLDS), 3), dtype=np.int64)
+        f1 = F1Counts() if coco_eligible else None  # instance F1 / Dice: fully labelled images only
         rendered = 0
         if self._ctc_metrics and (gt_labels or markers is not None):
             single_class = len(self._class_names) == 1
@@ -237,6 +259,7 @@ class CellEvaluator(DatasetEvaluator):
                     counts.seg_frames = 1
                     if coco_eligible:
                         proxy += ap_proxy_counts(seg_match)
+                        f1 = f1 + f1_counts(gt_seg, pred, match=seg_match)
                     rendered += len(seg_match.comp_ids)
                 det_match = match_label_images(class_markers, pred) if class_markers is not None else seg_match
                 counts.det_split, counts.det_fn, counts.det_fp, counts.det_num_ref = det_counts(det_match)
@@ -248,6 +271,9 @@ class CellEvaluator(DatasetEvaluator):
                     payload["tra"] = (pred.astype(np.uint16), class_markers.astype(np.uint16),
                                       os.path.join(os.path.dirname(record["tra_file_name"]), "man_track.txt"), record["frame"])
         payload["ctc"] = per_class
+        payload["f1"] = f1 if per_class and f1 is not None and any(c.seg_frames for c in per_class.values()) else None
+        info["F1"] = _nan_to_none(payload["f1"].f1()) if payload["f1"] is not None else None
+        info["Dice"] = _nan_to_none(payload["f1"].dice()) if payload["f1"] is not None else None
         total = CTCCounts()
         for counts in per_class.values():
             total = total + counts
@@ -291,6 +317,8 @@ class CellEvaluator(DatasetEvaluator):
                 results["ctc"].update(self._tra_results(predictions))
                 if "TRA" in results["ctc"]:
                     results["ctc"]["OP_CTB"] = 0.5 * results["ctc"]["SEG"] + 0.5 * results["ctc"]["TRA"]
+        if any(p.get("f1") is not None for p in predictions):
+            results["F1"] = f1_results([p["f1"] for p in predictions if p.get("f1") is not None])
         if self._output_dir and comm.is_main_process():
             self._write(predictions, results)
         return results

@@ -279,6 +279,8 @@ def run_instances(args: argparse.Namespace) -> dict:
     for record in dicts:
         evaluator.process([{"image_id": record["image_id"]}], [{"instances": predictions[record["image_id"]]}])
     results = {name: dict(evaluator.evaluate())}
+    if "F1" in results[name]:  # instance F1 at IoU 0.5 (with precision, recall, Dice) under the key F1
+        print("F1={F1:.4f} precision={precision:.4f} recall={recall:.4f} Dice={Dice:.4f}".format(**results[name]["F1"]))
     print(format_summary_table(results))
     if args.output_dir:
         write_reports(results, args.output_dir)

@@ -4,7 +4,9 @@
   Det. (bbox) and Seg. (segm) columns mAP, mAP50, mAP75, mAPs, mAPm, mAPl and AP per class
   (COCO AP in percent);
 * CTC table (NAS paper Table 2): OP_CSB, SEG, DET (0..1) per dataset, CTC dataset and sequence,
-  plus PESEG (EfficientCellSeg paper Table 3) and the parameter count when the model is known.
+  plus PESEG (EfficientCellSeg paper Table 3) and the parameter count when the model is known;
+* F1 table (2D DiNTS paper Tables 4-5): instance F1 at IoU 0.5, precision, recall and
+  foreground Dice per dataset.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from deepcens.utils.atomic import atomic_save_json, atomic_write
 COCO_COLUMNS = [("AP", "mAP"), ("AP50", "mAP50"), ("AP75", "mAP75"), ("APs", "mAPs"), ("APm", "mAPm"), ("APl", "mAPl")]
 CTC_COLUMNS = ["OP_CSB", "SEG", "DET"]
 DIFFICULTY_ORDER = {"easy": 0, "medium": 1, "difficult": 2}
-_TASKS = ("bbox", "segm", "ctc")
+_TASKS = ("bbox", "segm", "ctc", "F1")
+F1_COLUMNS = ["F1", "precision", "recall", "Dice"]
 
 
 def clean_json(value: Any) -> Any:
@@ -132,6 +135,14 @@ def ctc_table(results: Mapping) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def f1_table(results: Mapping) -> tuple[list[str], list[list]]:
+    """Header and rows of the instance F1 / Dice table (one row per dataset with an ``F1`` task)."""
+    results = normalize_results(results)
+    rows = [[name] + [value["F1"].get(k, math.nan) for k in F1_COLUMNS]
+            for name, value in results.items() if value.get("F1")]
+    return ["dataset"] + F1_COLUMNS, rows
+
+
 def _fmt(value: Any, digits: int) -> str:
     if isinstance(value, float):
         return "–" if not math.isfinite(value) else f"{value:.{digits}f}"
@@ -162,6 +173,9 @@ def format_summary_table(results: Mapping, dataset_name: str | None = None) -> s
     header, rows = ctc_table(results)
     if rows:
         parts.append("CTC measures\n" + _plain(header, rows, 4))
+    header, rows = f1_table(results)
+    if rows:
+        parts.append("Instance F1 (IoU 0.5) and foreground Dice\n" + _plain(header, rows, 4))
     return "\n\n".join(parts) if parts else "(no results)"
 
 
@@ -210,7 +224,11 @@ def write_reports(results: Mapping, output_dir: str | os.PathLike, dataset_name:
         markdown += ["## Cell Tracking Challenge measures (OP_CSB = (SEG + DET) / 2"
                      + (", PESEG = SEG / parameters x 1e6)" if num_parameters else ")"), "",
                      _markdown(ctc_header, ctc_rows, 4), ""]
-    if not inst_rows and not ctc_rows:
+    f1_header, f1_rows = f1_table(normalized)
+    if f1_rows:
+        markdown += ["## Instance F1 at IoU 0.5 (mean over images) and foreground Dice", "",
+                     _markdown(f1_header, f1_rows, 4), ""]
+    if not inst_rows and not ctc_rows and not f1_rows:
         markdown += ["(no results)", ""]
     with atomic_write(paths["markdown"], "w", encoding="utf-8") as handle:
         handle.write("\n".join(markdown))

@@ -7,3 +7,4 @@ from deepcens.postprocess.instances import (  # noqa: F401
 from deepcens.postprocess import decoders  # noqa: F401  (DECODER_REGISTRY)
 from deepcens.postprocess import watershed  # noqa: F401  (marker_watershed decoder)
 from deepcens.postprocess import ecs_decoders  # noqa: F401  (EfficientCellSeg decoders)
+from deepcens.postprocess import interior_boundary  # noqa: F401,E402  (DECODER_REGISTRY: interior_boundary)

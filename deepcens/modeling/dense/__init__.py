@@ -23,3 +23,4 @@ def build_dense_network(cfg: CfgNode) -> torch.nn.Module:
 
 from deepcens.modeling.dense import xbnet, vgg_unet, nas_unet  # noqa: E402,F401  (registrations)
 from deepcens.modeling.dense import efficientcellseg  # noqa: E402,F401  (registration)
+from deepcens.modeling.dense import monai_nets, dints  # noqa: E402,F401  (MONAI baselines, 2D DiNTS)
