@@ -48,6 +48,25 @@ def check_options(batch_size: int, score_threshold: float, tile_size: int, tile_
     check_tiling(tile_size, tile_overlap)
 
 
+def plan_writers(cfg: CfgNode, inputs: Sequence[str], output_dir: str, *, ctc_format: bool, overlays: bool,
+                 frames: str | None, class_names: str, dataset_name: str | None, skip_bad: bool, track: bool):
+    """The inputs of a run as sources, their class names and one writer per source (with a tracker
+    for ``track``); returns ``(skipped, sources, names, writers)``, ``skipped`` a list with ``skip_bad``."""
+    if track and not ctc_format:
+        raise DeepcensInputError(None, "--track needs --ctc-format (tracks are written as CTC result folders)")
+    tracker = None
+    if track:  # a sequence stays whole in one process, so its tracks are linked there
+        from deepcens.tracking import build_tracker
+
+        tracker = build_tracker(cfg)
+    skipped: list[str] | None = [] if skip_bad else None
+    sources = collect_inputs(inputs, frames, skipped)
+    names = class_names_for(cfg, class_names, dataset_name)
+    writers = [SourceWriter(s, output_dir, ctc_format=ctc_format, overlays=overlays, class_names=names,
+                            tracker=tracker) for s in sources]
+    return skipped, sources, names, writers
+
+
 def predict(cfg: CfgNode, inputs: Sequence[str], output_dir: str, *, batch_size: int = 1,
             score_threshold: float = 0.5, overlays: bool = False, coco_json: bool = False, ctc_format: bool = False,
             frames: str | None = None, tile_size: int = 0, tile_overlap: float = 0.25, class_names: str = "",
@@ -66,18 +85,9 @@ def predict(cfg: CfgNode, inputs: Sequence[str], output_dir: str, *, batch_size:
     from tqdm import tqdm
 
     check_options(batch_size, score_threshold, tile_size, tile_overlap)
-    if track and not ctc_format:
-        raise DeepcensInputError(None, "--track needs --ctc-format (tracks are written as CTC result folders)")
-    tracker = None
-    if track:
-        from deepcens.tracking import build_tracker
-
-        tracker = build_tracker(cfg)
-    skipped: list[str] | None = [] if skip_bad else None
-    sources = collect_inputs(inputs, frames, skipped)
-    names = class_names_for(cfg, class_names, dataset_name)
-    writers = [SourceWriter(s, output_dir, ctc_format=ctc_format, overlays=overlays, class_names=names,
-                            tracker=tracker) for s in sources]
+    skipped, sources, names, writers = plan_writers(cfg, inputs, output_dir, ctc_format=ctc_format, overlays=overlays,
+                                                    frames=frames, class_names=class_names, dataset_name=dataset_name,
+                                                    skip_bad=skip_bad, track=track)
     planned = [path for w in writers for path in w.planned_paths()] + [os.path.join(output_dir, "summary.csv")]
     if coco_json:
         planned.append(os.path.join(output_dir, "coco_results.json"))

@@ -40,8 +40,8 @@ from deepcens.errors import DeepcensInputError
 from deepcens.predict.inputs import Source, collect_inputs
 from deepcens.predict.predictor import Predictor
 from deepcens.predict.run_folder import STATUS_FILE, RunFolder, command_line, run_folder
-from deepcens.predict.runner import _run, check_options
-from deepcens.predict.writers import SourceWriter, SummaryTable, class_names_for
+from deepcens.predict.runner import _run, check_options, plan_writers
+from deepcens.predict.writers import SourceWriter, SummaryTable
 from deepcens.utils.atomic import atomic_save_json
 
 logger = logging.getLogger(__name__)
@@ -210,18 +210,9 @@ def predict_sharded(cfg: CfgNode, inputs: Sequence[str], output_dir: str, *, ski
 
     rank, world_size = comm.get_rank(), comm.get_world_size()
     check_options(batch_size, score_threshold, tile_size, tile_overlap)
-    if track and not ctc_format:
-        raise DeepcensInputError(None, "--track needs --ctc-format (tracks are written as CTC result folders)")
-    tracker = None
-    if track:  # a sequence stays whole in one process, so its tracks are linked there
-        from deepcens.tracking import build_tracker
-
-        tracker = build_tracker(cfg)
-    skipped: list[str] | None = [] if skip_bad else None
-    sources = collect_inputs(inputs, frames, skipped)
-    names = class_names_for(cfg, class_names, dataset_name)
-    writers = [SourceWriter(s, output_dir, ctc_format=ctc_format, overlays=overlays, class_names=names,
-                            tracker=tracker) for s in sources]
+    skipped, sources, names, writers = plan_writers(cfg, inputs, output_dir, ctc_format=ctc_format, overlays=overlays,
+                                                    frames=frames, class_names=class_names, dataset_name=dataset_name,
+                                                    skip_bad=skip_bad, track=track)
     run_files = [os.path.join(output_dir, "summary.csv")]
     if coco_json:
         run_files.append(os.path.join(output_dir, "coco_results.json"))
