@@ -3,7 +3,7 @@
 Predictions are made by perturbing the ground truth of a real CTC sequence (eroded, dilated,
 dropped, split and merged objects plus false objects), written as a CTC result folder
 (``maskTTT.tif`` + ``res_track.txt``) and scored by both implementations.
-``tools/benchmark.py ctc_metrics --sequence ../shared/data/ctc/Fluo-N2DH-SIM+/01``.
+``tools/benchmark.py ctc_metrics --sequence datasets/ctc/Fluo-N2DH-SIM+/01``.
 The helpers :func:`perturb_labels`, :func:`prediction_base` and :func:`write_result_folder`
 are also used by the exactness tests.
 """
@@ -151,7 +151,7 @@ def reference_measures(gt_dir: str, res_dir: str) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sequence", default="../shared/data/ctc/Fluo-N2DH-SIM+/01",
+    parser.add_argument("--sequence", default="datasets/ctc/Fluo-N2DH-SIM+/01",
                         help="CTC sequence folder; its GT is <sequence>_GT")
     parser.add_argument("--seed", type=int, default=0, help="perturbation seed")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (best is kept)")
