@@ -97,6 +97,7 @@ def _add_dense_config(cfg: CN) -> None:
     cfg.MODEL.DENSE.INPUT_CHANNELS = 1  # image channels the network takes (grayscale microscopy = 1)
     cfg.MODEL.DENSE.SIZE_DIVISIBILITY = 32  # inputs are padded to a multiple of this
     cfg.MODEL.DENSE.SLIDING_WINDOW = 0  # tile side for sliding-window inference; 0 = whole image
+    cfg.MODEL.DENSE.VOLUME_DECODING = False  # predict on 3D stacks: decode the re-stacked slice probabilities into 3D objects (XB-Net Sec. 5.5)
     cfg.MODEL.DENSE.SLIDING_OVERLAP = 0.25  # overlap between sliding-window tiles (fraction of the tile)
     # tertiary target (XB-Net Algorithm 1) and its decoder
     cfg.MODEL.DENSE.TARGET_DILATION = 2  # dilation iterations making the cell-background boundary (paper: 2 in 2D, 5 for 3D slices; CTC dicts carry their own)

@@ -160,6 +160,11 @@ def tertiary(cfg: CfgNode) -> Callable[[torch.Tensor, str | None], Instances]:
                 break
         return decode_tertiary(probabilities, min_size, max_hole, grow, min_score)
 
+    def labels(probabilities: torch.Tensor) -> np.ndarray:
+        """Label image or volume from ``(3, H, W)`` / ``(3, Z, H, W)`` scores (3D components for volumes)."""
+        return tertiary_labels(probabilities, *default, grow)
+
+    decode.labels = labels
     return decode
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
+
 import torch
 from detectron2.config import CfgNode
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -65,6 +67,7 @@ class DenseSegmentor(nn.Module):
             raise ValueError(f"MODEL.DENSE.SLIDING_OVERLAP must be in [0, 1), got {self.sliding_overlap}")
         self.context_pad = int(d.INFERENCE_CONTEXT_PAD)
         self.ignore_value = int(d.IGNORE_VALUE)
+        self.volume_decoding = bool(d.VOLUME_DECODING)  # 3D stacks: decode re-stacked slices into 3D objects
         self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
         self.to(torch.device(cfg.MODEL.DEVICE))
 
@@ -126,6 +129,33 @@ class DenseSegmentor(nn.Module):
             probabilities = F.interpolate(probabilities[None], size=(out_h, out_w), mode="bilinear",
                                           align_corners=False)[0]
         return probabilities
+
+    @torch.no_grad()
+    def predict_volume(self, slices: list[dict]) -> np.ndarray:
+        """int32 label volume ``(Z, H, W)`` of a stack given as mapped slice inputs (in z order):
+        slice-wise probability maps re-stacked and decoded in 3D by the decoder's ``labels``
+        (``volume_decoding``: 3D objects, as XB-Net and EfficientCellSeg do), or slice by slice
+        with ids made unique over the stack."""
+        if not hasattr(self.decoder, "labels"):
+            raise ValueError(f"the decoder {type(self.decoder).__name__} cannot label volumes (no labels())")
+        maps = []
+        for item in slices:
+            probabilities = self.predict_probabilities(item["image"])
+            out_h, out_w = int(item.get("height", probabilities.shape[-2])), int(item.get("width", probabilities.shape[-1]))
+            if (out_h, out_w) != tuple(probabilities.shape[-2:]):
+                probabilities = F.interpolate(probabilities[None], size=(out_h, out_w), mode="bilinear",
+                                              align_corners=False)[0]
+            maps.append(probabilities.cpu())
+        if not maps:
+            raise ValueError("predict_volume needs at least one slice")
+        if self.volume_decoding:
+            return self.decoder.labels(torch.stack(maps, dim=1))
+        volume = [self.decoder.labels(m) for m in maps]
+        offset, out = 0, []
+        for labels in volume:  # unique ids over the stack
+            out.append(np.where(labels > 0, labels + offset, 0).astype(np.int32))
+            offset += int(labels.max())
+        return np.stack(out)
 
     def inference(self, batched_inputs: list[dict]) -> list[dict]:
         """``[{"instances": Instances}]``, one per input, in the size ``height`` x ``width`` of the input dict."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -107,27 +106,3 @@ class EfficientCellSegSegmentor(DenseSegmentor):
                 total[:, top:top + side, left:left + side] += maps * weight2d
                 weights[top:top + side, left:left + side] += weight2d
         return total / weights
-
-    @torch.no_grad()
-    def predict_volume(self, slices: list[dict]) -> np.ndarray:
-        """int32 label volume ``(Z, H, W)`` of a stack given as mapped slice inputs (in z order):
-        slice-wise sigmoid maps re-stacked and decoded in 3D (``VOLUME_DECODING``), or per slice."""
-        maps = []
-        for item in slices:
-            probabilities = self.predict_probabilities(item["image"])
-            out_h, out_w = int(item.get("height", probabilities.shape[-2])), int(item.get("width", probabilities.shape[-1]))
-            if (out_h, out_w) != tuple(probabilities.shape[-2:]):
-                probabilities = F.interpolate(probabilities[None], size=(out_h, out_w), mode="bilinear",
-                                              align_corners=False)[0]
-            maps.append(probabilities.cpu())
-        if not maps:
-            raise ValueError("predict_volume needs at least one slice")
-        if self.volume_decoding:
-            return self.decoder.labels(torch.stack(maps, dim=1))
-        volume = [self.decoder.labels(m) for m in maps]
-        offset, out = 0, []
-        for labels in volume:  # unique ids over the stack
-            out.append(np.where(labels > 0, labels + offset, 0).astype(np.int32))
-            offset += int(labels.max())
-        return np.stack(out)
-
