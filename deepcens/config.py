@@ -106,7 +106,7 @@ def _add_dense_config(cfg: CN) -> None:
     cfg.MODEL.DENSE.MIN_SCORE = 0.0  # decoder: objects whose mean cell probability is below this are dropped (0 = keep all, paper)
     cfg.MODEL.DENSE.MAX_HOLE_SIZE = 20  # decoder: holes up to this area (pixels) inside a component are filled
     cfg.MODEL.DENSE.GROW_INTO_BOUNDARY = 0  # decoder: grow components into boundary-class pixels by up to this many pixels (0 = off, paper)
-    cfg.MODEL.DENSE.POSTPROCESS_PER_DATASET = []  # decoder overrides, "dataset:min_size:max_hole" strings (dataset = registered name or ctc_dataset)
+    cfg.MODEL.DENSE.POSTPROCESS_PER_DATASET = []  # decoder overrides, [dataset, min_size, max_hole] triples (dataset = registered name or ctc_dataset)
     # dense meta-architecture, losses, networks (XB-Net paper)
     cfg.MODEL.DENSE.CLASS_WEIGHTS = (1.0, 10.0, 5.0)  # cross-entropy weights per class (paper: background 1, boundary 10, cell 5)
     cfg.MODEL.DENSE.JREG_WEIGHT = 1.0  # weight of the J-regularization loss added to cross-entropy (paper: 1, equal weights; 0 = off)

@@ -113,15 +113,15 @@ def test_volumes_are_cleaned_per_plane_and_labelled_in_3d():
 
 
 def test_overrides_parse_and_select_by_dataset_or_ctc_name():
-    assert parse_postprocess_overrides(["Fluo-N2DH-SIM+:30:50", "a:b:1:2"]) == {"Fluo-N2DH-SIM+": (30, 50), "a:b": (1, 2)}
-    for bad in (["x:1"], ["x:a:1"], [":1:2"], ["x:-1:2"]):
+    assert parse_postprocess_overrides([["Fluo-N2DH-SIM+", 30, 50], ("a:b", 1, 2)]) == {"Fluo-N2DH-SIM+": (30, 50), "a:b": (1, 2)}
+    for bad in (["x:1:2"], [["x", 1]], [["x", "a", 1]], [["", 1, 2]], [["x", -1, 2]], [["x", 1.5, 2]]):
         with pytest.raises(ValueError):
             parse_postprocess_overrides(bad)
     cfg = get_cfg()
     add_deepcens_config(cfg)
     cfg.MODEL.DENSE.MIN_OBJECT_SIZE = 1
     cfg.MODEL.DENSE.MAX_HOLE_SIZE = 0
-    cfg.MODEL.DENSE.POSTPROCESS_PER_DATASET = ["Fake-CTC:5:4", "t_decoder_named:200:0"]
+    cfg.MODEL.DENSE.POSTPROCESS_PER_DATASET = [["Fake-CTC", 5, 4], ["t_decoder_named", 200, 0]]
     MetadataCatalog.get("t_decoder_ctc").set(ctc_dataset="Fake-CTC")
     decode = build_decoder(cfg)
     assert DECODER_REGISTRY.get("tertiary") is not None
@@ -203,7 +203,7 @@ def test_grid_search_tool_end_to_end_with_a_registered_model(tmp_path, capsys):
     assert cli_main(command) == 0
     result = json.loads(out.read_text())
     assert result["images"] == 3 and len(result["rows"]) == 2
-    assert result["config"]["MODEL.DENSE.POSTPROCESS_PER_DATASET"][0].startswith("Fake-2D:")
+    assert result["config"]["MODEL.DENSE.POSTPROCESS_PER_DATASET"][0][0] == "Fake-2D"
     assert result["best"]["SEG"] > 0.9  # bright squares are the cells
     assert "best by OP_CSB" in capsys.readouterr().out
     assert sorted(DECODER_REGISTRY._obj_map) == registered_before  # nothing registered at run time

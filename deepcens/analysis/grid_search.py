@@ -12,7 +12,7 @@ line to use::
     deepcens grid-search --config-file configs/xbnet/xbnet_sim_cpu.yaml \\
         --dataset ctc_sim_val --min-sizes 0,20,50,100 --max-holes 0,20,50 \\
         --json output/grid.json MODEL.WEIGHTS output/model_final.pth
-    -> MODEL.DENSE.POSTPROCESS_PER_DATASET ["Fluo-N2DH-SIM+:50:20"]
+    -> MODEL.DENSE.POSTPROCESS_PER_DATASET [["Fluo-N2DH-SIM+", 50, 20]]
 """
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     best = result["best"]
     result.update({
         "dataset": args.dataset, "images": len(dicts), "inference_s": inference_s, "search_s": search_s,
-        "config": {"MODEL.DENSE.POSTPROCESS_PER_DATASET": [f"{key}:{best['min_size']}:{best['max_hole']}"],
+        "config": {"MODEL.DENSE.POSTPROCESS_PER_DATASET": [[key, best["min_size"], best["max_hole"]]],
                    "MODEL.DENSE.GROW_INTO_BOUNDARY": best["grow"]},
     })
     print(f"{'min_size':>8} {'max_hole':>8} {'grow':>4} {'SEG':>7} {'DET':>7} {'OP_CSB':>7}")
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{row['min_size']:>8} {row['max_hole']:>8} {row['grow']:>4} "
               + " ".join(f"{row[k]:7.4f}" for k in ("SEG", "DET", "OP_CSB")))
     print(f"best by {result['metric']}: MODEL.DENSE.POSTPROCESS_PER_DATASET "
-          f"[\"{key}:{best['min_size']}:{best['max_hole']}\"] MODEL.DENSE.GROW_INTO_BOUNDARY {best['grow']}")
+          f"\"[['{key}', {best['min_size']}, {best['max_hole']}]]\" MODEL.DENSE.GROW_INTO_BOUNDARY {best['grow']}")
     if args.json:
         atomic_save_json(args.json, result)
     return 0

@@ -36,24 +36,19 @@ DECODER_REGISTRY.__doc__ = "Decoders: (cfg) -> callable(probabilities [C,H,W], d
 
 
 
-def parse_postprocess_overrides(entries: list[str] | tuple[str, ...]) -> dict[str, tuple[int, int]]:
-    """``["Fluo-N2DH-SIM+:30:50", ...]`` -> ``{"Fluo-N2DH-SIM+": (30, 50)}`` (min size, max hole).
-
-    The dataset part may itself contain ':' only if it is not followed by two integers; the
-    last two fields are always the sizes.
-    """
+def parse_postprocess_overrides(entries) -> dict[str, tuple[int, int]]:
+    """``[["Fluo-N2DH-SIM+", 30, 50], ...]`` -> ``{"Fluo-N2DH-SIM+": (30, 50)}`` (min size, max hole)."""
     overrides = {}
     for entry in entries:
-        parts = str(entry).rsplit(":", 2)
-        if len(parts) != 3 or not parts[0]:
-            raise ValueError(f"postprocess override {entry!r} is not 'dataset:min_size:max_hole'")
+        if isinstance(entry, str) or len(entry) != 3 or not isinstance(entry[0], str) or not entry[0]:
+            raise ValueError(f"MODEL.DENSE.POSTPROCESS_PER_DATASET entry {entry!r} is not [dataset, min_size, max_hole]")
         try:
-            min_size, max_hole = int(parts[1]), int(parts[2])
-        except ValueError:
-            raise ValueError(f"postprocess override {entry!r}: sizes must be integers") from None
-        if min_size < 0 or max_hole < 0:
-            raise ValueError(f"postprocess override {entry!r}: sizes must be >= 0")
-        overrides[parts[0]] = (min_size, max_hole)
+            min_size, max_hole = int(entry[1]), int(entry[2])
+        except (TypeError, ValueError):
+            raise ValueError(f"MODEL.DENSE.POSTPROCESS_PER_DATASET entry {entry!r}: sizes must be integers") from None
+        if min_size < 0 or max_hole < 0 or min_size != entry[1] or max_hole != entry[2]:
+            raise ValueError(f"MODEL.DENSE.POSTPROCESS_PER_DATASET entry {entry!r}: sizes must be integers >= 0")
+        overrides[entry[0]] = (min_size, max_hole)
     return overrides
 
 
