@@ -16,6 +16,12 @@ and ``target_dilation`` (2 for 2D, 5 for 3D data). Read pixels with :func:`read_
 :func:`read_ctc_labels`; dense targets with :func:`deepcens.data.targets.dense_target_for_dict`.
 
 The paper's six data configurations (Table 2) are registered by :func:`register_ctc_configuration`.
+
+Why one module of this size: the sequence scan (frames, GT / ST / TRA files, 3D planes, their
+checks) is cached per folder and shared by the dicts, the splits, the configurations and the
+readers; pulling them apart would duplicate that scan or pass its cache between modules. File
+names and result folders live in :mod:`deepcens.data.ctc_files`, pixel readers in
+:mod:`deepcens.data.io`.
 """
 from __future__ import annotations
 
