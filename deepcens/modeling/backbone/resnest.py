@@ -30,6 +30,7 @@ from torch import nn
 
 from deepcens.errors import DeepcensInputError
 from deepcens.modeling.backbone.deform import SelfOffsetDeformConv2d
+from deepcens.modeling.state_dict import read_state_dict
 
 __all__ = [
     "ResNeStStem", "ResNeSt", "build_resnest_backbone", "build_resnest_fpn_backbone",
@@ -396,16 +397,7 @@ def _read_state_dict(path_or_url: str, allow_unsafe: bool) -> dict[str, torch.Te
         raise DeepcensInputError(path_or_url, f"cannot fetch ResNeSt weights ({exc})") from exc
     if not os.path.isfile(local):
         raise DeepcensInputError(path_or_url, "ResNeSt weights file does not exist")
-    try:
-        obj = torch.load(local, map_location="cpu", weights_only=not allow_unsafe)
-    except Exception as exc:
-        raise DeepcensInputError(path_or_url, f"cannot read ResNeSt weights ({type(exc).__name__}: {exc})") from exc
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise DeepcensInputError(path_or_url, "not a state_dict of tensors")
-    return obj
+    return read_state_dict(local, "ResNeSt weights", allow_unsafe, name=path_or_url)
 
 
 def load_resnest_pretrained(backbone: nn.Module, path_or_url: str, allow_unsafe: bool = False) -> WeightLoadReport:

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from deepcens.errors import DeepcensInputError
 from deepcens.modeling.dense import DENSE_NETWORK_REGISTRY
+from deepcens.modeling.state_dict import read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -52,16 +53,7 @@ def read_encoder_state_dict(path: str) -> dict[str, torch.Tensor]:
     ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper is unwrapped)."""
     if not os.path.isfile(path):
         raise DeepcensInputError(path, "EfficientNet-B5 weights file not found (MODEL.DENSE.ECS.ENCODER_WEIGHTS)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DeepcensInputError(path, f"cannot read EfficientNet-B5 weights ({type(exc).__name__}: {exc})") from exc
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise DeepcensInputError(path, "not a state dict of tensors")
-    return obj
+    return read_state_dict(path, "EfficientNet-B5 weights")
 
 
 class EfficientNetB5Encoder(nn.Module):
