@@ -185,10 +185,7 @@ class CellSegMapper(DenseTargetMapper):
         if image.shape[2] != self.channels:
             raise DeepcensInputError(dataset_dict.get("file_name"),
                                      f"CellSegMapper makes 3-channel images; MODEL.DENSE.INPUT_CHANNELS is {self.channels}")
-        if "height" in dataset_dict and tuple(image.shape[:2]) != (dataset_dict["height"], dataset_dict["width"]):
-            raise DeepcensInputError(
-                dataset_dict["file_name"], f"image size {image.shape[0]}x{image.shape[1]} differs from its label "
-                f"image {dataset_dict['height']}x{dataset_dict['width']}")
+        self.check_size(dataset_dict, image, "its label image")
         return image
 
 

@@ -111,11 +111,17 @@ class DenseTargetMapper:
             else:
                 raise DeepcensInputError(dataset_dict["file_name"],
                                          f"image has {image.shape[2]} channels, the network takes {self.channels}")
+        self.check_size(dataset_dict, image, "the dataset record")
+        return image
+
+    @staticmethod
+    def check_size(dataset_dict: dict, image: np.ndarray, against: str) -> None:
+        """Refuse an image whose size differs from the record's ``height`` x ``width`` (``against``
+        names where that size comes from in the message)."""
         if "height" in dataset_dict and tuple(image.shape[:2]) != (dataset_dict["height"], dataset_dict["width"]):
             raise DeepcensInputError(
-                dataset_dict["file_name"], f"image size {image.shape[0]}x{image.shape[1]} differs from the dataset "
-                f"record {dataset_dict['height']}x{dataset_dict['width']}")
-        return image
+                dataset_dict["file_name"], f"image size {image.shape[0]}x{image.shape[1]} differs from {against} "
+                f"{dataset_dict['height']}x{dataset_dict['width']}")
 
     def load_target(self, dataset_dict: dict) -> np.ndarray:
         """uint8 (H, W) target of ``MODEL.DENSE.TARGET`` (255 = ignore)."""
