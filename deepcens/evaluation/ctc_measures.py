@@ -33,6 +33,7 @@ import numpy as np
 from deepcens.data.ctc_files import check_tra_frames, frame_file_name, frame_files
 from deepcens.data.io import read_label
 from deepcens.errors import DeepcensInputError
+from deepcens.evaluation.counts import AdditiveCounts
 
 W_SPLIT, W_FN, W_FP = 5, 10, 1  # AOGM-D weights of the CTC (Matula et al. 2015)
 _DENSE_TABLE_LIMIT = 1 << 24  # above this many (ref x comp) cells the pair table is built sparsely
@@ -120,7 +121,7 @@ def match_label_images(ref: np.ndarray, comp: np.ndarray) -> LabelMatch:
 
 
 @dataclasses.dataclass
-class CTCCounts:
+class CTCCounts(AdditiveCounts):
     """Additive per-frame sums from which SEG / DET / OP_CSB are computed (pool by ``+``)."""
 
     seg_iou_sum: float = 0.0
@@ -131,9 +132,6 @@ class CTCCounts:
     det_num_ref: int = 0
     seg_frames: int = 0
     det_frames: int = 0
-
-    def __add__(self, other: "CTCCounts") -> "CTCCounts":
-        return CTCCounts(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
 
     @property
     def aogm_d(self) -> int:

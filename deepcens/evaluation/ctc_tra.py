@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from deepcens.evaluation.counts import AdditiveCounts
 from deepcens.evaluation.ctc_measures import LabelMatch
 
 # AOGM weights of the CTC (Matula et al. 2015): split, false negative / positive vertex,
@@ -40,7 +41,7 @@ class TrackTableError(ValueError):
 
 
 @dataclasses.dataclass
-class TRACounts:
+class TRACounts(AdditiveCounts):
     """Graph operations behind TRA (additive over sequences: pool by ``+``)."""
 
     ns: int = 0
@@ -51,9 +52,6 @@ class TRACounts:
     ec: int = 0
     num_vertices: int = 0
     num_edges: int = 0
-
-    def __add__(self, other: "TRACounts") -> "TRACounts":
-        return TRACounts(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
 
     @property
     def aogm(self) -> float:

@@ -23,11 +23,12 @@ import dataclasses
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from deepcens.evaluation.counts import AdditiveCounts
 from deepcens.evaluation.ctc_measures import LabelMatch, match_label_images
 
 
 @dataclasses.dataclass
-class F1Counts:
+class F1Counts(AdditiveCounts):
     """Additive TP / FP / FN counts (pool images by ``+``) and foreground pixel sums for Dice."""
 
     tp: int = 0
@@ -35,9 +36,6 @@ class F1Counts:
     fn: int = 0
     fg_intersection: int = 0
     fg_sum: int = 0
-
-    def __add__(self, other: "F1Counts") -> "F1Counts":
-        return F1Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)))
 
     def f1(self) -> float:
         denominator = 2 * self.tp + self.fp + self.fn
