@@ -88,9 +88,15 @@ def main(args: argparse.Namespace):
         if cfg.RUN.CONSOLE == "progress":
             trainer.register_hooks([ProgressBarHook(cfg.SOLVER.MAX_ITER)])
         trainer.resume_or_load(resume=args.resume)
-        results = trainer.train()
-        # the end-of-training eval hook scored DATASETS.VAL when set: score the test sets too
-        if (len(cfg.DATASETS.VAL) and tuple(cfg.DATASETS.VAL) != tuple(cfg.DATASETS.TEST)) or not results:
+        trainer.train()
+        # detectron2's eval hook scores the final model after training: DATASETS.VAL, or DATASETS.TEST
+        # when there is no VAL (Trainer.build_hooks). Reuse that instead of evaluating twice. The
+        # iteration is the same on every rank, so every rank takes the same branch (evaluation is
+        # collective).
+        scored_final = getattr(trainer, "_last_eval_iter", None) == trainer.iter
+        if scored_final and (tuple(cfg.DATASETS.VAL) or tuple(cfg.DATASETS.TEST)) == tuple(cfg.DATASETS.TEST):
+            results = trainer._last_eval_results
+        else:
             results = Trainer.test(cfg, trainer.model)
         model = trainer.model
     summary = finish_run(cfg, results, model)

@@ -213,7 +213,7 @@ class Trainer(DefaultTrainer):
     def _eval_function(self, dataset_names: Sequence[str]):
         def evaluate():
             results = self.test_on(self.cfg, self.model, dataset_names)
-            self._last_eval_results = results
+            self._last_eval_results, self._last_eval_iter = results, self.iter
             if self.cfg.TEST.EVAL_ON_TRAIN and len(self.cfg.DATASETS.TRAIN):
                 # XB-Net Sec. 5.4: the training sets are scored too (train/... in metrics.json)
                 results = OrderedDict(results, train=self.test_on(self.cfg, self.model, self.cfg.DATASETS.TRAIN))
