@@ -227,6 +227,7 @@ def _add_efficientcellseg_config(cfg: CN) -> None:
     cfg.MODEL.DENSE.ECS.MARKER_THRESHOLD = 0.5  # centre-marker watershed: heatmap level whose components are markers (not stated)
     cfg.MODEL.DENSE.ECS.MIN_DISTANCE = 5  # distance watershed: minimal distance (pixels) between two markers (distance-map maxima; not stated)
     cfg.MODEL.DENSE.ECS.MIN_OBJECT_SIZE = 20  # decoders: objects smaller than this many pixels (voxels in 3D) are dropped (not stated)
+    cfg.MODEL.DENSE.ECS.BN_MOMENTUM = 0.0  # momentum of every BatchNorm layer; 0 = each layer's own (encoder 0.01 as torchvision / Keras, decoder 0.1)
     cfg.MODEL.DENSE.ECS.VOLUME_DECODING = True  # 3D stacks: decode re-stacked slice probabilities into 3D objects (paper Sec. 3)
     cfg.SOLVER.PLATEAU = CN()
     cfg.SOLVER.PLATEAU.METRIC = "val_total_loss"  # LR_SCHEDULER_NAME ReduceLROnPlateau: storage scalar to watch (falls back to training total_loss)

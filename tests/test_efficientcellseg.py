@@ -325,3 +325,30 @@ def test_3d_sequence_is_predicted_as_volumes_and_scored_in_3d(tmp_path, monkeypa
 
     reference = reference_measures(str(tmp_path / "01_GT"), str(tmp_path / "out" / "01_RES"))
     assert scores["SEG"] == pytest.approx(reference["SEG"]) and scores["DET"] == pytest.approx(reference["DET"])
+
+
+def test_bn_momentum_key_sets_every_batchnorm_and_zero_keeps_the_paper_layers():
+    from deepcens.modeling.dense import build_dense_network
+
+    def momenta(cfg):
+        return {m.momentum for m in build_dense_network(cfg).modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+    assert momenta(ecs_cfg()) == {0.01, 0.1}  # encoder as torchvision (Keras 0.99), decoder PyTorch's default
+    assert momenta(ecs_cfg(**{"MODEL.DENSE.ECS.BN_MOMENTUM": 0.3})) == {0.3}
+    with pytest.raises(ValueError, match="BN_MOMENTUM"):
+        build_dense_network(ecs_cfg(**{"MODEL.DENSE.ECS.BN_MOMENTUM": 1.5}))
+
+
+def test_frame_percentile_normalisation_brightens_a_dark_slice_with_a_hot_pixel():
+    slice_ = np.full((64, 64), 0.02, dtype=np.float32)
+    slice_[20:40, 20:40] = 0.1  # a dim cell
+    slice_[0, 0] = 1.0  # one saturated pixel sets the min-max range
+    record = {"file_name": "x.tif", "image_id": 0, "image": slice_, "intensity_range": (0.0, 1.0),
+              "context_images": (None, None)}
+    images = {}
+    for normalization in ("sequence_minmax", "frame_percentile"):
+        cfg = ecs_cfg(**{"INPUT.DENSE.NORMALIZATION": normalization})
+        images[normalization] = ContextSliceMapper(cfg, is_train=False)(dict(record))["image"].numpy()
+    assert images["sequence_minmax"][1, 30, 30] < 0.1  # the cell stays dark under min-max
+    assert images["frame_percentile"][1, 30, 30] == pytest.approx(1.0)
+    assert images["frame_percentile"][1, 5, 5] == pytest.approx(0.0)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 
+from deepcens.data.augment import percentile_normalize
 from deepcens.data.dense_mapper import DenseTargetMapper
 from deepcens.data.io import to_float_rgb
 from deepcens.data.mappers import MAPPER_REGISTRY, read_record_image
@@ -52,19 +53,26 @@ class ContextSliceMapper(DenseTargetMapper):
             raise ValueError(f"INPUT.ECS.SCALE must be positive, got {self.scale}")
         self.context_pad = 0  # the network sees whole (resized) slices or patches, no padding ring
 
+    def _normalise(self, grey: np.ndarray) -> np.ndarray:
+        """``INPUT.DENSE.NORMALIZATION`` frame_percentile: the slice's percentiles -> [0, 1], clipped
+        (so the transform's min-max leaves it as is); sequence_minmax: unchanged."""
+        if self.normalization != "frame_percentile":
+            return grey
+        return np.clip(percentile_normalize(grey, *self.intensity_percentiles), 0.0, 1.0)
+
     def _grey(self, dataset_dict: dict, image: np.ndarray | None = None) -> np.ndarray:
         """(H, W) float32 slice, normalised like the dense mapper does (one channel)."""
         if image is None and "ctc_dataset" in dataset_dict:
             from deepcens.data.ctc import read_ctc_image
 
-            return read_ctc_image(dataset_dict)
+            return self._normalise(read_ctc_image(dataset_dict))
         raw = read_record_image(dataset_dict) if image is None else (image if image.ndim == 3 else image[:, :, None])
         if dataset_dict.get("intensity_range"):
             low, high = (float(v) for v in dataset_dict["intensity_range"])
             grey = (raw.astype(np.float32) - low) / max(high - low, 1e-6)
         else:
             grey = to_float_rgb(raw, self.intensity_mode, self.intensity_percentiles) / 255.0
-        return grey.mean(axis=2) if grey.ndim == 3 else grey
+        return self._normalise(grey.mean(axis=2) if grey.ndim == 3 else grey)
 
     def context(self, dataset_dict: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The (previous, following) neighbours of the record's slice, None where there is none."""
@@ -74,7 +82,8 @@ class ContextSliceMapper(DenseTargetMapper):
             return tuple(None if n is None else self._grey(dataset_dict, np.asarray(n))
                          for n in dataset_dict["context_images"])  # type: ignore[return-value]
         if "ctc_dataset" in dataset_dict:
-            return ctc_context(dataset_dict)
+            return tuple(None if n is None else self._normalise(n)
+                         for n in ctc_context(dataset_dict))  # type: ignore[return-value]
         return None, None
 
     def load_image(self, dataset_dict: dict) -> np.ndarray:

@@ -153,6 +153,18 @@ def count_parameters(module: nn.Module) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
+def set_bn_momentum(module: nn.Module, momentum: float) -> int:
+    """Set the running-statistics momentum of every BatchNorm layer of ``module``; returns how
+    many layers. torchvision's EfficientNet-B5 uses 0.01 (Keras' 0.99), which leaves the
+    running statistics near their initial values after a few hundred iterations."""
+    if not 0.0 < momentum <= 1.0:
+        raise ValueError(f"MODEL.DENSE.ECS.BN_MOMENTUM must be in (0, 1], got {momentum}")
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        layer.momentum = momentum
+    return len(layers)
+
+
 @DENSE_NETWORK_REGISTRY.register()
 def EfficientCellSeg(cfg: CfgNode) -> EfficientCellSegModel:  # noqa: N802  (registry name)
     """EfficientCellSeg from ``MODEL.DENSE.ECS.*`` (3 input channels, one output per network)."""
@@ -163,6 +175,8 @@ def EfficientCellSeg(cfg: CfgNode) -> EfficientCellSegModel:  # noqa: N802  (reg
         raise ValueError(f"MODEL.DENSE.NUM_OUTPUTS ({cfg.MODEL.DENSE.NUM_OUTPUTS}) must equal "
                          f"MODEL.DENSE.ECS.NUM_NETWORKS ({e.NUM_NETWORKS}): one channel per network")
     model = EfficientCellSegModel(tuple(e.DECODER_CHANNELS), int(e.NUM_NETWORKS))
+    if float(e.BN_MOMENTUM) > 0:
+        set_bn_momentum(model, float(e.BN_MOMENTUM))
     if e.ENCODER_WEIGHTS:
         model.load_imagenet(e.ENCODER_WEIGHTS)
     return model
