@@ -248,6 +248,7 @@ def _add_efficientcellseg_config(cfg: CN) -> None:
     cfg.INPUT.ECS.ROI_MAX_FRACTION = 0.03  # adaptive rule: raise the threshold until at most this image fraction is ROI (authors' code: 0.03)
     cfg.INPUT.ECS.NORM_PER_CHANNEL = True  # min-max normalise each pseudocolour channel (authors' code) instead of the whole image
     cfg.INPUT.ECS.SCALE = 1.0  # every slice is rescaled by this factor first, in training and inference (not in the paper; reduced CPU config)
+    cfg.INPUT.ECS.CACHE_SLICES = 0  # training: keep the transformed image of this many slices per loader worker (deterministic transform); 0 = none
     cfg.INPUT.ECS.PATCH_SIZE = 0  # training: random square patch side before resizing to NETWORK_SIZE; 0 = whole slice (paper TRIC: 873 = six patches)
 
 

@@ -352,3 +352,25 @@ def test_frame_percentile_normalisation_brightens_a_dark_slice_with_a_hot_pixel(
     assert images["sequence_minmax"][1, 30, 30] < 0.1  # the cell stays dark under min-max
     assert images["frame_percentile"][1, 30, 30] == pytest.approx(1.0)
     assert images["frame_percentile"][1, 5, 5] == pytest.approx(0.0)
+
+
+def test_training_cache_reads_each_slice_once_and_keeps_the_last_ones(monkeypatch):
+    cfg = ecs_cfg(**{"INPUT.ECS.CACHE_SLICES": 2, "INPUT.ECS.PATCH_SIZE": 32, "MODEL.DENSE.ECS.NETWORK_SIZE": 0})
+    mapper = ContextSliceMapper(cfg, is_train=True)
+    reads = []
+    rng = np.random.RandomState(0)
+
+    def fake_image(record):
+        reads.append(record["file_name"])
+        return rng.rand(48, 48, 3).astype(np.float32)
+
+    monkeypatch.setattr(mapper, "load_image", fake_image)
+    monkeypatch.setattr(mapper, "load_target", lambda record: np.ones((48, 48), dtype=np.uint8))
+    records = [{"file_name": f"t{i:03d}.tif", "image_id": i, "height": 48, "width": 48} for i in range(3)]
+    for record in (records[0], records[0], records[1], records[0], records[2], records[1], records[0]):
+        out = mapper(dict(record))
+        assert out["image"].shape == (3, 32, 32) and out["target"].shape == (32, 32)
+    # t001 dropped when t002 came in (cache of 2, least recently used first); t000 stayed
+    assert reads == ["t000.tif", "t001.tif", "t002.tif", "t001.tif", "t000.tif"]
+    assert not mapper._cached_slice(records[0])[0].flags.writeable
+    assert ContextSliceMapper(cfg, is_train=False).cache_slices == 0  # prediction never caches

@@ -11,7 +11,10 @@ transform runs in training and prediction. Neighbours come from
   frames of a 2D sequence;
 * nothing else: a single image has no neighbours (its masks are empty).
 
-Training: the slice (and target) rescaled by ``INPUT.ECS.SCALE`` (1 = kept; the reduced CPU
+The slice and its neighbours are normalised as ``INPUT.DENSE.NORMALIZATION`` says (the
+paper's min-max by default; ``frame_percentile`` maps each slice's 1st / 99.8th percentiles to
+0 / 1 first). Training: ``INPUT.ECS.CACHE_SLICES`` keeps the transformed, rescaled slices (the
+transform is deterministic). The slice (and target) rescaled by ``INPUT.ECS.SCALE`` (1 = kept; the reduced CPU
 config only), a random square patch of ``INPUT.ECS.PATCH_SIZE`` (0 = the whole slice), resized
 to ``MODEL.DENSE.ECS.NETWORK_SIZE`` (0 = kept), then the dense mapper's random flips and
 90-degree rotations. Targets: ``int64 (H, W)`` for one-channel targets, ``float32 (C, H, W)``
@@ -22,6 +25,7 @@ patches it and brings its maps back to the record's height x width.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 
 import cv2
 import numpy as np
@@ -52,6 +56,8 @@ class ContextSliceMapper(DenseTargetMapper):
         if self.scale <= 0:
             raise ValueError(f"INPUT.ECS.SCALE must be positive, got {self.scale}")
         self.context_pad = 0  # the network sees whole (resized) slices or patches, no padding ring
+        self.cache_slices = int(cfg.INPUT.ECS.CACHE_SLICES) if is_train else 0
+        self._cache: OrderedDict[tuple, tuple] = OrderedDict()
 
     def _normalise(self, grey: np.ndarray) -> np.ndarray:
         """``INPUT.DENSE.NORMALIZATION`` frame_percentile: the slice's percentiles -> [0, 1], clipped
@@ -118,13 +124,13 @@ class ContextSliceMapper(DenseTargetMapper):
             target = resize_target(target, size, self.ignore_value)
         return image, target
 
-    def __call__(self, dataset_dict: dict) -> dict:
-        record = copy.deepcopy({k: v for k, v in dataset_dict.items()
-                                if k not in ("annotations", "image", "context_images")})
+    def _scaled_slice(self, dataset_dict: dict) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+        """(image, training target or None) rescaled by ``INPUT.ECS.SCALE``, and the slice's own
+        height x width."""
         image = self.load_image(dataset_dict)
-        record.setdefault("height", image.shape[0])
-        record.setdefault("width", image.shape[1])
-        size = (max(int(round(image.shape[1] * self.scale)), 1), max(int(round(image.shape[0] * self.scale)), 1))
+        shape = (int(image.shape[0]), int(image.shape[1]))
+        size = (max(int(round(shape[1] * self.scale)), 1), max(int(round(shape[0] * self.scale)), 1))
+        target = None
         if self.is_train:
             target = self.load_target(dataset_dict)
             if target.shape[:2] != image.shape[:2]:
@@ -134,6 +140,33 @@ class ContextSliceMapper(DenseTargetMapper):
                 target = resize_target(target, size, self.ignore_value)
         if self.scale != 1.0:  # the meta-architecture resizes its maps back to height x width
             image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        return image, target, shape
+
+    def _cached_slice(self, dataset_dict: dict) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+        """:meth:`_scaled_slice`, kept for the last ``INPUT.ECS.CACHE_SLICES`` slices read from files
+        (training only: the transform is deterministic, and CLAHE of two full-size neighbours
+        costs more than the network's step on a small patch). Cached arrays are read-only."""
+        if self.cache_slices <= 0 or "image" in dataset_dict or "context_images" in dataset_dict:
+            return self._scaled_slice(dataset_dict)
+        key = (dataset_dict.get("file_name"), dataset_dict.get("slice"))
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        entry = self._scaled_slice(dataset_dict)
+        for array in entry[:2]:
+            if array is not None:
+                array.flags.writeable = False
+        self._cache[key] = entry
+        if len(self._cache) > self.cache_slices:
+            self._cache.popitem(last=False)
+        return entry
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        record = copy.deepcopy({k: v for k, v in dataset_dict.items()
+                                if k not in ("annotations", "image", "context_images")})
+        image, target, (height, width) = self._cached_slice(dataset_dict)
+        record.setdefault("height", height)
+        record.setdefault("width", width)
         if self.is_train:
             image, target = self._patch_and_resize(image, target, np.random)
             image, target = self.augment(image, target, 0)
