@@ -16,8 +16,9 @@ from detectron2.modeling import build_model
 
 from conftest import REPO
 from deepcens.data.cellseg import (CellSegMapper, interior_boundary_target, normalize_cellseg,
-                                   register_cellseg_folder)
+                                   register_cellseg_folder, register_cellseg_from_cfg)
 from deepcens.engine.setup import load_config
+from deepcens.errors import DeepcensInputError
 from deepcens.evaluation.matching import f1_score
 from deepcens.modeling.dense.dints import SixOpCell
 from deepcens.postprocess.interior_boundary import interior_boundary_labels
@@ -133,6 +134,28 @@ def test_neurips_layout_registration_and_normalisation(shared_data):
     assert image.shape == (10, 10, 3) and np.allclose(image[..., 0], image[..., 2]) and image.max() == 1.0
     dsb = register_cellseg_folder("test_dsb", str(shared_data / "dsb2018-nuclei"), val_fraction=0.2)
     assert len(DatasetCatalog.get(dsb[2])) == 10 and len(DatasetCatalog.get(dsb[1])) == 41
+
+
+def test_cellseg_folders_pair_like_user_label_folders(tmp_path):
+    """Cell-segmentation folders accept every label naming of DATASETS.FOLDERS and follow
+    DATASETS.BAD_INPUT_POLICY: an image without label names the file (fail) or is left out (skip)."""
+    root = tmp_path / "mixed"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    labels = np.zeros((20, 24), np.uint16)
+    labels[4:12, 4:12] = 1
+    for stem, label_name in [("a", "a_label.tiff"), ("b", "b.tif"), ("c", "c_masks.tif"), ("d", None)]:
+        tifffile.imwrite(root / "images" / f"{stem}.tif", (labels * 100).astype(np.uint8))
+        if label_name:
+            tifffile.imwrite(root / "labels" / label_name, labels)
+    with pytest.raises(DeepcensInputError, match=r"d\.tif.*no label image"):
+        DatasetCatalog.get(register_cellseg_folder("mixed_fail", str(root))[0])
+    cfg = load_config(str(CONFIGS / "unet.yaml"), [
+        "MODEL.DEVICE", "cpu", "DATASETS.CELLSEG.FOLDERS", f"[['mixed', '{root}']]", "DATASETS.BAD_INPUT_POLICY", "skip"])
+    register_cellseg_from_cfg(cfg)
+    records = DatasetCatalog.get("mixed_all")
+    assert [(r["image_id"], os.path.basename(r["label_file_name"]), r["height"], r["width"]) for r in records] == [
+        ("a", "a_label.tiff", 20, 24), ("b", "b.tif", 20, 24), ("c", "c_masks.tif", 20, 24)]
 
 
 def _tiny_folder(root) -> str:
