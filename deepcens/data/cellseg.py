@@ -122,7 +122,7 @@ def register_cellseg_folder(prefix: str, root: str, val_fraction: float = 0.2, s
 
 
 def parse_folder_entries(entries) -> list[tuple[str, str]]:
-    """``[["neurips_cellseg", "datasets/neurips-cellseg"], ...]`` -> ``[(prefix, folder), ...]``."""
+    """``[["neurips_cellseg", "datasets/neurips2022_cellseg"], ...]`` -> ``[(prefix, folder), ...]``."""
     parsed = []
     for entry in entries:
         if isinstance(entry, str) or len(entry) != 2 or not all(isinstance(v, str) and v for v in entry):
@@ -224,6 +224,6 @@ def read_cellseg_image(path: str) -> np.ndarray:
     return normalize_cellseg(read_image(path))
 
 
-DEFAULT_FOLDERS = (("neurips_cellseg", "datasets/neurips-cellseg"), ("dsb2018", "datasets/dsb2018-nuclei"))
+DEFAULT_FOLDERS = (("neurips_cellseg", "datasets/neurips2022_cellseg"), ("dsb2018", "datasets/dsb2018"))  # tools/prepare_data.py folders
 for _prefix, _folder in parse_folder_entries(DEFAULT_FOLDERS):
     register_cellseg_folder(_prefix, _folder, val_fraction=0.1, seed=0)
