@@ -239,3 +239,17 @@ def test_search_runs_on_two_cpu_processes(tmp_path):
     assert arch["iteration"] == 2
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line.strip()]
     assert any("arch_arch_ram" in record or any(k.startswith("arch_") for k in record) for record in metrics)
+
+
+@pytest.mark.parametrize("search, retrain", [
+    ("cpu_dints_search.yaml", "cpu_dints_retrain.yaml"),
+    ("dints_search.yaml", "dints_retrain.yaml"),
+])
+def test_retrain_configs_read_the_file_their_search_writes(search, retrain):
+    """The documented flow is two commands: the retraining reads the search's final decode."""
+    searched = load_config(str(CONFIGS / search), ["MODEL.DEVICE", "cpu"])
+    retrained = load_config(str(CONFIGS / retrain), ["MODEL.DEVICE", "cpu"])
+    assert retrained.MODEL.DENSE.DINTS.ARCH_FILE == os.path.join(searched.OUTPUT_DIR, "arch_code.json")
+    for key in ("CHANNEL_MUL", "NUM_BLOCKS", "NUM_DEPTHS", "USE_DOWNSAMPLE", "CELL"):
+        assert retrained.MODEL.DENSE.DINTS[key] == searched.MODEL.DENSE.DINTS[key], key
+    assert searched.SOLVER.DINTS_SEARCH.WARMUP_ITERS < searched.SOLVER.MAX_ITER  # architecture steps run
