@@ -314,7 +314,7 @@ def _add_nas_unet_config(cfg: CN) -> None:
 def _add_dints_config(cfg: CN) -> None:
     # ---- 2D DiNTS, MONAI baselines, cell-segmentation folders (docs/dints.md) -----------------
     cfg.DATASETS.CELLSEG = CN()
-    cfg.DATASETS.CELLSEG.FOLDERS = [["neurips_cellseg", "datasets/neurips-cellseg"], ["dsb2018", "datasets/dsb2018-nuclei"]]  # [prefix, folder] pairs (images/ + labels/) registered as prefix_{all,train,val,train_weights,train_arch}
+    cfg.DATASETS.CELLSEG.FOLDERS = [["neurips_cellseg", "datasets/neurips2022_cellseg"], ["dsb2018", "datasets/dsb2018"]]  # [prefix, folder] pairs (images/ + labels/, tools/prepare_data.py folders) registered as prefix_{all,train,val,train_weights,train_arch}
     cfg.DATASETS.CELLSEG.VAL_FRACTION = 0.1  # held-back part per folder (paper Table 2: 900:100 images)
     cfg.DATASETS.CELLSEG.SEED = 0  # seed of the train / val shuffle
     cfg.MODEL.DENSE.INTERIOR_BOUNDARY = CN()

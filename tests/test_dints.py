@@ -16,8 +16,9 @@ from detectron2.modeling import build_model
 
 from conftest import REPO
 from deepcens.data.cellseg import (CellSegMapper, interior_boundary_target, normalize_cellseg,
-                                   register_cellseg_folder)
+                                   register_cellseg_folder, register_cellseg_from_cfg)
 from deepcens.engine.setup import load_config
+from deepcens.errors import DeepcensInputError
 from deepcens.evaluation.matching import f1_score
 from deepcens.modeling.dense.dints import SixOpCell
 from deepcens.postprocess.interior_boundary import interior_boundary_labels
@@ -135,6 +136,28 @@ def test_neurips_layout_registration_and_normalisation(shared_data):
     assert len(DatasetCatalog.get(dsb[2])) == 10 and len(DatasetCatalog.get(dsb[1])) == 41
 
 
+def test_cellseg_folders_pair_like_user_label_folders(tmp_path):
+    """Cell-segmentation folders accept every label naming of DATASETS.FOLDERS and follow
+    DATASETS.BAD_INPUT_POLICY: an image without label names the file (fail) or is left out (skip)."""
+    root = tmp_path / "mixed"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    labels = np.zeros((20, 24), np.uint16)
+    labels[4:12, 4:12] = 1
+    for stem, label_name in [("a", "a_label.tiff"), ("b", "b.tif"), ("c", "c_masks.tif"), ("d", None)]:
+        tifffile.imwrite(root / "images" / f"{stem}.tif", (labels * 100).astype(np.uint8))
+        if label_name:
+            tifffile.imwrite(root / "labels" / label_name, labels)
+    with pytest.raises(DeepcensInputError, match=r"d\.tif.*no label image"):
+        DatasetCatalog.get(register_cellseg_folder("mixed_fail", str(root))[0])
+    cfg = load_config(str(CONFIGS / "unet.yaml"), [
+        "MODEL.DEVICE", "cpu", "DATASETS.CELLSEG.FOLDERS", f"[['mixed', '{root}']]", "DATASETS.BAD_INPUT_POLICY", "skip"])
+    register_cellseg_from_cfg(cfg)
+    records = DatasetCatalog.get("mixed_all")
+    assert [(r["image_id"], os.path.basename(r["label_file_name"]), r["height"], r["width"]) for r in records] == [
+        ("a", "a_label.tiff", 20, 24), ("b", "b.tif", 20, 24), ("c", "c_masks.tif", 20, 24)]
+
+
 def _tiny_folder(root) -> str:
     """Six 48x48 images (gray and RGB) with disc-shaped cells, in the challenge layout."""
     rng = np.random.RandomState(0)
@@ -216,3 +239,17 @@ def test_search_runs_on_two_cpu_processes(tmp_path):
     assert arch["iteration"] == 2
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines() if line.strip()]
     assert any("arch_arch_ram" in record or any(k.startswith("arch_") for k in record) for record in metrics)
+
+
+@pytest.mark.parametrize("search, retrain", [
+    ("cpu_dints_search.yaml", "cpu_dints_retrain.yaml"),
+    ("dints_search.yaml", "dints_retrain.yaml"),
+])
+def test_retrain_configs_read_the_file_their_search_writes(search, retrain):
+    """The documented flow is two commands: the retraining reads the search's final decode."""
+    searched = load_config(str(CONFIGS / search), ["MODEL.DEVICE", "cpu"])
+    retrained = load_config(str(CONFIGS / retrain), ["MODEL.DEVICE", "cpu"])
+    assert retrained.MODEL.DENSE.DINTS.ARCH_FILE == os.path.join(searched.OUTPUT_DIR, "arch_code.json")
+    for key in ("CHANNEL_MUL", "NUM_BLOCKS", "NUM_DEPTHS", "USE_DOWNSAMPLE", "CELL"):
+        assert retrained.MODEL.DENSE.DINTS[key] == searched.MODEL.DENSE.DINTS[key], key
+    assert searched.SOLVER.DINTS_SEARCH.WARMUP_ITERS < searched.SOLVER.MAX_ITER  # architecture steps run

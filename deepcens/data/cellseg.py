@@ -1,9 +1,11 @@
 """Multi-modality cell images in the NeurIPS 2022 Cell Segmentation layout, for dense methods.
 
 Layout: ``<root>/images/<stem>.<png|tif|...>`` (brightfield, fluorescence, phase contrast,
-DIC; 1 or 3 channels, any dtype) and ``<root>/labels/<stem><suffix>.tif[f]`` instance label
-images, where ``suffix`` is ``_label`` in the challenge layout and empty in the DSB 2018
-layout (``labels/<id>.tif``); both are found.
+DIC; 1 or 3 channels, any dtype) and ``<root>/labels/`` instance label images paired with
+them by the same rules as the user's label folders (``DATASETS.FOLDERS``,
+:func:`deepcens.data.user_datasets.pair_label_folder`): ``<stem>_label.tiff`` in the
+challenge layout, ``<stem>.tif`` in the DSB 2018 layout, and the other label suffixes there;
+pairs that do not match follow ``DATASETS.BAD_INPUT_POLICY``.
 
 :func:`register_cellseg_folder` registers ``<prefix>_all``, a held-back split
 ``<prefix>_train`` / ``<prefix>_val`` (sorted stems, shuffled with a seed) and the two halves
@@ -31,61 +33,49 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from skimage import morphology, segmentation
 
 from deepcens.data.dense_mapper import DenseTargetMapper
-from deepcens.data.io import IMAGE_SUFFIXES, read_image
+from deepcens.data.io import read_image, read_label
 from deepcens.data.mappers import MAPPER_REGISTRY, read_record_image
 from deepcens.data.targets import TARGET_REGISTRY, _as_labels
+from deepcens.data.user_datasets import pair_label_folder
 from deepcens.errors import DeepcensInputError
 
 SPLITS = ("all", "train", "val", "train_weights", "train_arch")
-LABEL_SUFFIXES = ("_label", "")
-LABEL_EXTENSIONS = (".tiff", ".tif", ".png")
 INTERIOR, BOUNDARY = 1, 2
 
 
 # ---- records ---------------------------------------------------------------------------------
-def _label_for(labels_dir: str, stem: str) -> str | None:
-    for suffix in LABEL_SUFFIXES:
-        for extension in LABEL_EXTENSIONS:
-            path = os.path.join(labels_dir, stem + suffix + extension)
-            if os.path.isfile(path):
-                return path
-    return None
+def _label_shape(label: str) -> tuple[int, int]:
+    """(height, width) of a label image; TIFFs from their header, without decoding pixels."""
+    if label.lower().endswith((".tif", ".tiff")):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(label) as handle:
+                shape = handle.pages[0].shape
+        except Exception as exc:  # noqa: BLE001  (any decoder failure is bad input)
+            raise DeepcensInputError(label, f"cannot read TIFF header ({exc})") from None
+    else:
+        shape = read_label(label).shape
+    return int(shape[0]), int(shape[1])
 
 
-def scan_cellseg_folder(root: str) -> list[dict]:
-    """Dataset dicts (``file_name``, ``label_file_name``, ``height``, ``width``, ``image_id``)
-    of every image under ``root/images`` that has a label image, sorted by stem."""
+def scan_cellseg_folder(root: str, policy: str = "fail") -> list[dict]:
+    """Dataset dicts (``file_name``, ``label_file_name``, ``height``, ``width``, ``image_id`` =
+    the image stem) of every image under ``root/images`` paired with a label image under
+    ``root/labels`` (pairing rules and ``policy`` of :func:`pair_label_folder`), sorted by stem."""
     images_dir, labels_dir = os.path.join(root, "images"), os.path.join(root, "labels")
     for folder in (images_dir, labels_dir):
         if not os.path.isdir(folder):
             raise DeepcensInputError(folder, "folder not found (expected images/ and labels/ of the cell "
                                              "segmentation layout)")
     records = []
-    for name in sorted(os.listdir(images_dir)):
-        if not name.lower().endswith(IMAGE_SUFFIXES):
-            continue
-        stem = name.rsplit(".", 1)[0]
-        label = _label_for(labels_dir, stem)
-        if label is None:
-            raise DeepcensInputError(os.path.join(images_dir, name),
-                                     f"no label image labels/{stem}_label.tiff or labels/{stem}.tif")
-        import tifffile  # header only: the size without decoding pixels
-
-        if label.lower().endswith((".tif", ".tiff")):
-            try:
-                with tifffile.TiffFile(label) as handle:
-                    shape = handle.pages[0].shape
-            except Exception as exc:  # noqa: BLE001  (any decoder failure is bad input)
-                raise DeepcensInputError(label, f"cannot read TIFF header ({exc})") from None
-        else:
-            from deepcens.data.io import read_label
-
-            shape = read_label(label).shape
-        records.append({"file_name": os.path.join(images_dir, name), "label_file_name": label,
-                        "image_id": stem, "height": int(shape[0]), "width": int(shape[1])})
+    for image, label in pair_label_folder(images_dir, labels_dir, policy):
+        height, width = _label_shape(label)
+        records.append({"file_name": image, "label_file_name": label,
+                        "image_id": os.path.splitext(os.path.basename(image))[0], "height": height, "width": width})
     if not records:
         raise DeepcensInputError(images_dir, "no labelled images")
-    return records
+    return sorted(records, key=lambda r: r["image_id"])
 
 
 def split_records(records: list[dict], split: str, val_fraction: float, seed: int) -> list[dict]:
@@ -110,14 +100,16 @@ def split_records(records: list[dict], split: str, val_fraction: float, seed: in
     return half or train  # a single training image feeds both optimisers
 
 
-def register_cellseg_folder(prefix: str, root: str, val_fraction: float = 0.2, seed: int = 0) -> list[str]:
-    """Register ``<prefix>_<split>`` for every split of the folder (lazily: read on first use)."""
+def register_cellseg_folder(prefix: str, root: str, val_fraction: float = 0.2, seed: int = 0,
+                            policy: str = "fail") -> list[str]:
+    """Register ``<prefix>_<split>`` for every split of the folder (lazily: read on first use);
+    ``policy`` (``fail`` | ``skip``) handles images and labels that do not pair."""
     names = []
     for split in SPLITS:
         name = f"{prefix}_{split}"
 
         def load(split=split, name=name) -> list[dict]:
-            records = split_records(scan_cellseg_folder(root), split, val_fraction, seed)
+            records = split_records(scan_cellseg_folder(root, policy), split, val_fraction, seed)
             return [dict(r, dataset_name=name) for r in records]
 
         if name in DatasetCatalog.list():
@@ -130,7 +122,7 @@ def register_cellseg_folder(prefix: str, root: str, val_fraction: float = 0.2, s
 
 
 def parse_folder_entries(entries) -> list[tuple[str, str]]:
-    """``[["neurips_cellseg", "datasets/neurips-cellseg"], ...]`` -> ``[(prefix, folder), ...]``."""
+    """``[["neurips_cellseg", "datasets/neurips2022_cellseg"], ...]`` -> ``[(prefix, folder), ...]``."""
     parsed = []
     for entry in entries:
         if isinstance(entry, str) or len(entry) != 2 or not all(isinstance(v, str) and v for v in entry):
@@ -140,11 +132,13 @@ def parse_folder_entries(entries) -> list[tuple[str, str]]:
 
 
 def register_cellseg_from_cfg(cfg: CfgNode) -> list[str]:
-    """Register every ``DATASETS.CELLSEG.FOLDERS`` entry with the config's split settings."""
+    """Register every ``DATASETS.CELLSEG.FOLDERS`` entry with the config's split settings and
+    ``DATASETS.BAD_INPUT_POLICY``."""
     c = cfg.DATASETS.CELLSEG
     names = []
     for prefix, folder in parse_folder_entries(c.FOLDERS):
-        names += register_cellseg_folder(prefix, folder, float(c.VAL_FRACTION), int(c.SEED))
+        names += register_cellseg_folder(prefix, folder, float(c.VAL_FRACTION), int(c.SEED),
+                                         cfg.DATASETS.BAD_INPUT_POLICY)
     return names
 
 
@@ -230,6 +224,6 @@ def read_cellseg_image(path: str) -> np.ndarray:
     return normalize_cellseg(read_image(path))
 
 
-DEFAULT_FOLDERS = (("neurips_cellseg", "datasets/neurips-cellseg"), ("dsb2018", "datasets/dsb2018-nuclei"))
+DEFAULT_FOLDERS = (("neurips_cellseg", "datasets/neurips2022_cellseg"), ("dsb2018", "datasets/dsb2018"))  # tools/prepare_data.py folders
 for _prefix, _folder in parse_folder_entries(DEFAULT_FOLDERS):
     register_cellseg_folder(_prefix, _folder, val_fraction=0.1, seed=0)
