@@ -3,16 +3,19 @@
 The paper picks the small-object and small-hole area thresholds per dataset "by a coarse grid
 search ... using the official evaluation tools". This runs a trained dense model once over a
 registered dataset, keeps its softmax scores (the meta-architecture's ``output_probabilities``),
-decodes them with the decoder function directly them with every combination of
-``--min-sizes`` x ``--max-holes`` x ``--grow`` and scores each with the CTC measures of
-``deepcens.evaluation.ctc_measures`` (SEG over the labelled reference objects, DET on the TRA
-markers when the dicts have them). It prints the table and the best setting as the config
-line to use::
+decodes them with the decoder function directly for every combination of
+``--min-sizes`` x ``--max-holes`` x ``--grow`` x ``--min-scores`` (``MODEL.DENSE.MIN_SCORE``)
+and scores each with the CTC measures of ``deepcens.evaluation.ctc_measures`` (SEG over the
+labelled reference objects, DET on the TRA markers when the dicts have them). It prints the
+table and the best setting as the config line to use::
 
     deepcens grid-search --config-file configs/xbnet/xbnet_sim_cpu.yaml \\
         --dataset ctc_sim_val --min-sizes 0,20,50,100 --max-holes 0,20,50 \\
         --json output/grid.json MODEL.WEIGHTS output/model_final.pth
     -> MODEL.DENSE.POSTPROCESS_PER_DATASET [["Fluo-N2DH-SIM+", 50, 20]]
+
+With ``--dataset`` repeated it picks one global setting, the best mean over the data sets
+(:func:`grid_search_datasets`): thresholds for data the model has not seen.
 """
 from __future__ import annotations
 
