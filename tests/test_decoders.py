@@ -299,3 +299,32 @@ def test_grid_search_tool_one_setting_over_two_registered_data_sets(tmp_path, ca
     assert "best by OP_CSB: MODEL.DENSE.MIN_OBJECT_SIZE 0" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli_main(command[:-4] + ["--min-scores", "1.5", "MODEL.WEIGHTS", str(weights)])
+
+
+def test_grid_search_requirements_keep_a_data_set_goal():
+    """A ceiling on one set's objects per reference overrides the best mean (A's specks cost
+    less than B's lost cell, but A may not have more than 1.3 objects per cell)."""
+    from deepcens.analysis import grid_search as tool
+
+    cells_a = [(slice(2, 10), slice(2, 10), 0.95)]
+    specks = [(slice(2, 6), slice(30, 34), 0.72), (slice(32, 36), slice(3, 7), 0.72), (slice(20, 24), slice(20, 24), 0.72)]
+    scores_a, labels_a = _scored_cells(cells_a + specks)
+    reference_a = np.where(labels_a == 1, 1, 0).astype(np.int32)
+    scores_b, labels_b = _scored_cells([(slice(5, 15), slice(5, 15), 0.75), (slice(22, 34), slice(18, 30), 0.9)])
+    per_dataset = {"A": ([scores_a], [(reference_a, reference_a)]), "B": ([scores_b], [(labels_b, labels_b)])}
+    free = tool.grid_search_datasets(per_dataset, [0], [0], min_scores=[0.0, 0.8])
+    assert free["best"]["min_score"] == 0.0 and free["best"]["datasets"]["A"]["pred_per_ref"] == 4.0
+    ceiling = tool.parse_requirement("A:pred_per_ref<=1.3")
+    assert ceiling == ("A", "pred_per_ref", "<=", 1.3)
+    capped = tool.grid_search_datasets(per_dataset, [0], [0], min_scores=[0.0, 0.8], requirements=[ceiling])
+    assert capped["best"]["min_score"] == 0.8 and capped["best"]["datasets"]["B"]["SEG"] == 0.5
+    alone = tool.grid_search(*per_dataset["A"], [0], [0], min_scores=[0.0, 0.8], requirements=[ceiling], name="A")
+    assert alone["best"]["min_score"] == 0.8
+    floor = tool.parse_requirement("B:SEG>=0.9")
+    with pytest.raises(ValueError, match="no setting"):
+        tool.grid_search_datasets(per_dataset, [0], [0], min_scores=[0.0, 0.8], requirements=[floor, ceiling])
+    with pytest.raises(ValueError, match="not one of"):
+        tool.grid_search_datasets(per_dataset, [0], [0], requirements=[("C", "SEG", ">=", 0.5)])
+    for bad in ("B:SEG>0.9", "B:AP>=0.5", "SEG>=0.5", "B:SEG>=1.2.3"):
+        with pytest.raises(Exception):
+            tool.parse_requirement(bad)

@@ -24,6 +24,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import time
 from typing import Iterable, Sequence
 
@@ -78,12 +79,48 @@ def _resolve_metric(metric: str, has_markers: bool) -> str:
     return metric
 
 
-def _best(rows: list[dict], metric: str) -> dict:
+_REQUIREMENT = re.compile(r"^(?P<dataset>.+):(?P<key>SEG|DET|OP_CSB|pred_per_ref)(?P<op>>=|<=)(?P<value>[0-9.]+)$")
+
+
+def parse_requirement(text: str) -> tuple[str, str, str, float]:
+    """``DATASET:KEY>=VALUE`` or ``DATASET:KEY<=VALUE`` (KEY: SEG, DET, OP_CSB, pred_per_ref)."""
+    match = _REQUIREMENT.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected DATASET:KEY>=VALUE or DATASET:KEY<=VALUE with KEY one of "
+                                         f"SEG, DET, OP_CSB, pred_per_ref, got {text!r}")
+    try:
+        value = float(match["value"])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {match['value']!r} is not a number") from None
+    return match["dataset"], match["key"], match["op"], value
+
+
+def _meets(row: dict, requirements: Sequence[tuple[str, str, str, float]], single: str | None) -> bool:
+    for dataset, key, op, value in requirements:
+        measures = row if single is not None else row["datasets"][dataset]
+        measured = measures[key]
+        if math.isnan(measured) or (measured < value if op == ">=" else measured > value):
+            return False
+    return True
+
+
+def _best(rows: list[dict], metric: str, requirements: Sequence[tuple[str, str, str, float]] = (),
+          single: str | None = None) -> dict:
     scored = [r for r in rows if not math.isnan(r[metric])]
     if not scored:
         raise ValueError(f"no reference objects to compute {metric}")
+    eligible = [r for r in scored if _meets(r, requirements, single)]
+    if not eligible:
+        wanted = ", ".join(f"{d}:{k}{op}{v}" for d, k, op, v in requirements)
+        raise ValueError(f"no setting of the grid meets {wanted}")
     # ties go to the mildest setting (smallest thresholds)
-    return max(scored, key=lambda r: (r[metric], -r["min_size"], -r["max_hole"], -r["grow"], -r["min_score"]))
+    return max(eligible, key=lambda r: (r[metric], -r["min_size"], -r["max_hole"], -r["grow"], -r["min_score"]))
+
+
+def _check_requirements(requirements, names: Sequence[str]) -> None:
+    for dataset, *_ in requirements:
+        if dataset not in names:
+            raise ValueError(f"requirement on {dataset!r}, which is not one of the searched data sets {list(names)}")
 
 
 def grid_search(
@@ -94,6 +131,8 @@ def grid_search(
     grows: Iterable[int] = (0,),
     metric: str = "auto",
     min_scores: Iterable[float] = (0.0,),
+    requirements: Sequence[tuple[str, str, str, float]] = (),
+    name: str = "dataset",
 ) -> dict:
     """Score every (min_size, max_hole, grow, min_score) setting; returns ``{"metric", "rows", "best"}``.
 
@@ -102,6 +141,8 @@ def grid_search(
     ``MODEL.DENSE.MIN_SCORE`` (objects whose mean cell probability is lower are dropped).
     ``metric``: SEG | DET | OP_CSB | auto (OP_CSB when some image has TRA markers, else SEG).
     Each row also has ``pred_per_ref``: the mean over frames of predicted / reference objects.
+    ``requirements``: ``(name, key, ">=" | "<=", value)`` floors / ceilings (:func:`parse_requirement`)
+    a setting must meet to be chosen, ``name`` being this data set's name.
     """
     from deepcens.data.targets import CELL
     from deepcens.evaluation.ctc_measures import frame_counts, sum_counts
@@ -129,7 +170,8 @@ def grid_search(
             rows.append({"min_size": int(min_size), "max_hole": int(max_hole), "grow": int(grow),
                          "min_score": min_score, **{k: measures[k] for k in ("SEG", "DET", "OP_CSB")},
                          "pred_per_ref": float(np.mean(ratios[min_score])) if ratios[min_score] else float("nan")})
-    return {"metric": metric, "rows": rows, "best": _best(rows, metric)}
+    _check_requirements(requirements, [name])
+    return {"metric": metric, "rows": rows, "best": _best(rows, metric, requirements, name)}
 
 
 def grid_search_datasets(
@@ -139,16 +181,19 @@ def grid_search_datasets(
     grows: Iterable[int] = (0,),
     metric: str = "auto",
     min_scores: Iterable[float] = (0.0,),
+    requirements: Sequence[tuple[str, str, str, float]] = (),
 ) -> dict:
     """One setting for several validation sets: the one with the best mean ``metric`` over them.
 
     ``per_dataset``: name -> (probabilities, references) as for :func:`grid_search`. Each
     data set counts once whatever its number of images (a set with many frames must not
     decide alone). Rows carry the mean (``SEG``, ``DET``, ``OP_CSB``, ``pred_per_ref``) and
-    the per-set measures under ``datasets``.
+    the per-set measures under ``datasets``. ``requirements``: per-set floors / ceilings a
+    setting must meet to be chosen (e.g. keep one set's SEG >= 0.80), see :func:`parse_requirement`.
     """
     if not per_dataset:
         raise ValueError("need at least one data set")
+    _check_requirements(requirements, list(per_dataset))
     has_markers = all(any(m is not None for _, m in refs) for _, refs in per_dataset.values())
     metric = _resolve_metric(metric, has_markers)
     min_sizes, max_holes, grows, min_scores = list(min_sizes), list(max_holes), list(grows), list(min_scores)
@@ -163,7 +208,7 @@ def grid_search_datasets(
             row[key] = float(np.mean([measures[key] for measures in per_set.values()]))  # nan if any set lacks it
         row["datasets"] = per_set
         rows.append(row)
-    return {"metric": metric, "rows": rows, "best": _best(rows, metric)}
+    return {"metric": metric, "rows": rows, "best": _best(rows, metric, requirements)}
 
 
 def predict_probabilities(cfg, dataset_name: str) -> tuple[list[np.ndarray], list[dict]]:
@@ -209,6 +254,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-scores", type=_float_list, default=None,
                         help="comma-separated MIN_SCORE values (default: the config's MODEL.DENSE.MIN_SCORE)")
     parser.add_argument("--metric", default="auto", choices=["auto", "SEG", "DET", "OP_CSB"])
+    parser.add_argument("--require", type=parse_requirement, action="append", default=[],
+                        metavar="DATASET:KEY>=VALUE",
+                        help="only settings meeting this on that data set may win, e.g. ctc_sim_val:SEG>=0.80 "
+                             "or ctc_gowt1_split_train:pred_per_ref<=1.3 (repeatable)")
     parser.add_argument("--json", default="", help="write the table and best setting to this JSON file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path")
 
@@ -237,6 +286,10 @@ def run(args: argparse.Namespace) -> int:
             raise DeepcensInputError(args.json, "--json names a folder; give a file name")
         check_output_folder(os.path.dirname(os.path.abspath(args.json)), "folder of --json")
     names = list(dict.fromkeys(args.dataset))
+    try:
+        _check_requirements(args.require, names)
+    except ValueError as error:
+        raise DeepcensInputError(None, f"--require: {error}") from None
     min_scores = args.min_scores if args.min_scores is not None else [float(cfg.MODEL.DENSE.MIN_SCORE)]
     start = time.perf_counter()
     per_dataset, images = {}, {}
@@ -249,11 +302,11 @@ def run(args: argparse.Namespace) -> int:
     if len(names) == 1:
         probabilities, references = per_dataset[names[0]]
         result = grid_search(probabilities, references, args.min_sizes, args.max_holes, args.grow, args.metric,
-                             min_scores)
+                             min_scores, args.require, names[0])
         key = MetadataCatalog.get(names[0]).get("ctc_dataset", None) or names[0]
     else:
         result = grid_search_datasets(per_dataset, args.min_sizes, args.max_holes, args.grow, args.metric,
-                                      min_scores)
+                                      min_scores, args.require)
         key = None
     search_s = time.perf_counter() - start
     best = result["best"]
