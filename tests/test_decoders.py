@@ -207,3 +207,124 @@ def test_grid_search_tool_end_to_end_with_a_registered_model(tmp_path, capsys):
     assert result["best"]["SEG"] > 0.9  # bright squares are the cells
     assert "best by OP_CSB" in capsys.readouterr().out
     assert sorted(DECODER_REGISTRY._obj_map) == registered_before  # nothing registered at run time
+
+
+def _scored_cells(cells: list[tuple[slice, slice, float]], shape=(40, 40)) -> tuple[np.ndarray, np.ndarray]:
+    """(tertiary scores, labels): each (rows, cols, score) box is a cell whose cell probability is ``score``."""
+    labels = np.zeros(shape, np.int32)
+    scores = np.zeros((3,) + shape, np.float32)
+    scores[0] = 0.9
+    scores[1] = 0.05
+    scores[2] = 0.05
+    for index, (rows, cols, score) in enumerate(cells, start=1):
+        labels[rows, cols] = index
+        scores[:, rows, cols] = np.array([(1 - score) * 0.8, (1 - score) * 0.2, score], np.float32)[:, None, None]
+    return scores, labels
+
+
+def test_min_score_filter_drops_the_objects_the_decoder_drops():
+    from deepcens.postprocess.decoders import drop_low_score_objects, object_scores
+
+    scores, _ = _scored_cells([(slice(2, 8), slice(2, 8), 0.9), (slice(12, 16), slice(20, 26), 0.62),
+                               (slice(25, 35), slice(5, 12), 0.71)])
+    labels = tertiary_labels(scores)
+    per_object = object_scores(labels, scores[2])
+    assert np.allclose(sorted(per_object), [0.62, 0.71, 0.9])
+    for min_score in (0.0, 0.65, 0.7, 0.75, 0.95):
+        kept = drop_low_score_objects(labels, per_object, min_score)
+        decoded = decode_tertiary(scores, min_score=min_score)
+        kept_scores = sorted(per_object[np.unique(kept[kept > 0]) - 1])
+        assert np.allclose(kept_scores, sorted(decoded.scores.tolist()))
+        assert len(kept_scores) == sum(s >= min_score for s in (0.62, 0.71, 0.9))
+
+
+def test_grid_search_picks_one_min_score_for_several_data_sets():
+    """Set A has faint background specks (0.65) next to bright cells; set B has cells of 0.75 only.
+    Alone, A wants MIN_SCORE 0.7 and B 0; together the best mean is 0.7, not 0.8 (drops B's cells)."""
+    from deepcens.analysis import grid_search as tool
+
+    cells_a = [(slice(2, 10), slice(2, 10), 0.95), (slice(20, 30), slice(20, 30), 0.95)]
+    specks = [(slice(2, 6), slice(30, 34), 0.65), (slice(32, 36), slice(3, 7), 0.65)]
+    scores_a, labels_a = _scored_cells(cells_a + specks)
+    reference_a = np.where(labels_a <= 2, labels_a, 0)
+    scores_b, labels_b = _scored_cells([(slice(5, 15), slice(5, 15), 0.75), (slice(22, 34), slice(18, 30), 0.75)])
+    per_dataset = {"A": ([scores_a], [(reference_a, reference_a)]), "B": ([scores_b], [(labels_b, labels_b)])}
+    thresholds = [0.0, 0.6, 0.7, 0.8]
+    alone_a = tool.grid_search(*per_dataset["A"], [0], [0], min_scores=thresholds)
+    alone_b = tool.grid_search(*per_dataset["B"], [0], [0], min_scores=thresholds)
+    assert alone_a["best"]["min_score"] == 0.7 and alone_b["best"]["min_score"] == 0.0
+    row_a0 = next(r for r in alone_a["rows"] if r["min_score"] == 0.0)
+    assert row_a0["pred_per_ref"] == 2.0 and alone_a["best"]["pred_per_ref"] == 1.0
+    joint = tool.grid_search_datasets(per_dataset, [0], [0], min_scores=thresholds)
+    assert joint["metric"] == "OP_CSB" and len(joint["rows"]) == 4
+    assert joint["best"]["min_score"] == 0.7
+    assert joint["best"]["datasets"]["B"]["DET"] == 1.0 and joint["best"]["datasets"]["A"]["DET"] == 1.0
+    at_08 = next(r for r in joint["rows"] if r["min_score"] == 0.8)
+    assert at_08["datasets"]["B"]["SEG"] == 0.0 and at_08["OP_CSB"] < joint["best"]["OP_CSB"]
+    with pytest.raises(ValueError):
+        tool.grid_search_datasets({}, [0], [0])
+
+
+def test_grid_search_tool_one_setting_over_two_registered_data_sets(tmp_path, capsys):
+    import json
+
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    from deepcens.cli import main as cli_main
+    from deepcens.data import ctc
+    from test_ctc_data import make_ctc_tree
+
+    if "_ThresholdModel" not in META_ARCH_REGISTRY:
+        META_ARCH_REGISTRY.register(_ThresholdModel)
+    make_ctc_tree(tmp_path / "data", frames=6, gt_frames=(1, 3, 4))
+    make_ctc_tree(tmp_path / "data", dataset="Fake-B", frames=4, gt_frames=(2, 3), offset=300)
+    ctc.register_ctc_dataset("t_grid_multi_a", str(tmp_path / "data"), "Fake-2D", None, "GT")
+    ctc.register_ctc_dataset("t_grid_multi_b", str(tmp_path / "data"), "Fake-B", None, "GT")
+    config = tmp_path / "model.yaml"
+    config.write_text("MODEL:\n  META_ARCHITECTURE: _ThresholdModel\n  DEVICE: cpu\nINPUT:\n  MIN_SIZE_TEST: 0\n")
+    weights = tmp_path / "model.pth"
+    torch.save({"model": {"dummy": torch.zeros(1)}}, weights)
+    out = tmp_path / "grid.json"
+    # the stand-in model scores its cells ~0.56: MIN_SCORE 0.6 drops them all
+    command = ["grid-search", "--config-file", str(config), "--dataset", "t_grid_multi_a", "--dataset",
+               "t_grid_multi_b", "--min-sizes", "0,40", "--max-holes", "0", "--min-scores", "0,0.6",
+               "--json", str(out), "MODEL.WEIGHTS", str(weights)]
+    assert cli_main(command) == 0
+    result = json.loads(out.read_text())
+    assert result["images_per_dataset"] == {"t_grid_multi_a": 3, "t_grid_multi_b": 2}
+    assert len(result["rows"]) == 4 and set(result["rows"][0]["datasets"]) == {"t_grid_multi_a", "t_grid_multi_b"}
+    assert result["config"] == {"MODEL.DENSE.MIN_OBJECT_SIZE": 0, "MODEL.DENSE.MAX_HOLE_SIZE": 0,
+                                "MODEL.DENSE.GROW_INTO_BOUNDARY": 0, "MODEL.DENSE.MIN_SCORE": 0.0}
+    assert result["best"]["SEG"] > 0.9
+    assert "best by OP_CSB: MODEL.DENSE.MIN_OBJECT_SIZE 0" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(command[:-4] + ["--min-scores", "1.5", "MODEL.WEIGHTS", str(weights)])
+
+
+def test_grid_search_requirements_keep_a_data_set_goal():
+    """A ceiling on one set's objects per reference overrides the best mean (A's specks cost
+    less than B's lost cell, but A may not have more than 1.3 objects per cell)."""
+    from deepcens.analysis import grid_search as tool
+
+    cells_a = [(slice(2, 10), slice(2, 10), 0.95)]
+    specks = [(slice(2, 6), slice(30, 34), 0.72), (slice(32, 36), slice(3, 7), 0.72), (slice(20, 24), slice(20, 24), 0.72)]
+    scores_a, labels_a = _scored_cells(cells_a + specks)
+    reference_a = np.where(labels_a == 1, 1, 0).astype(np.int32)
+    scores_b, labels_b = _scored_cells([(slice(5, 15), slice(5, 15), 0.75), (slice(22, 34), slice(18, 30), 0.9)])
+    per_dataset = {"A": ([scores_a], [(reference_a, reference_a)]), "B": ([scores_b], [(labels_b, labels_b)])}
+    free = tool.grid_search_datasets(per_dataset, [0], [0], min_scores=[0.0, 0.8])
+    assert free["best"]["min_score"] == 0.0 and free["best"]["datasets"]["A"]["pred_per_ref"] == 4.0
+    ceiling = tool.parse_requirement("A:pred_per_ref<=1.3")
+    assert ceiling == ("A", "pred_per_ref", "<=", 1.3)
+    capped = tool.grid_search_datasets(per_dataset, [0], [0], min_scores=[0.0, 0.8], requirements=[ceiling])
+    assert capped["best"]["min_score"] == 0.8 and capped["best"]["datasets"]["B"]["SEG"] == 0.5
+    alone = tool.grid_search(*per_dataset["A"], [0], [0], min_scores=[0.0, 0.8], requirements=[ceiling], name="A")
+    assert alone["best"]["min_score"] == 0.8
+    floor = tool.parse_requirement("B:SEG>=0.9")
+    with pytest.raises(ValueError, match="no setting"):
+        tool.grid_search_datasets(per_dataset, [0], [0], min_scores=[0.0, 0.8], requirements=[floor, ceiling])
+    with pytest.raises(ValueError, match="not one of"):
+        tool.grid_search_datasets(per_dataset, [0], [0], requirements=[("C", "SEG", ">=", 0.5)])
+    for bad in ("B:SEG>0.9", "B:AP>=0.5", "SEG>=0.5", "B:SEG>=1.2.3"):
+        with pytest.raises(Exception):
+            tool.parse_requirement(bad)

@@ -577,7 +577,9 @@ def default_ctc_root() -> str:
 
 def register_ctc_defaults(ctc_root: str | None = None, datasets_root: str | None = None) -> list[str]:
     """Register ``ctc_sim_train`` (Fluo-N2DH-SIM+ 01, frames 0-49), ``ctc_sim_val`` (50-64),
-    ``ctc_gowt1_train``, ``ctc_msc_train`` (GT frames) and ``synthetic_ctc`` (lazy)."""
+    ``ctc_gowt1_train``, ``ctc_msc_train`` (GT frames), the time splits of their sequence 01
+    (``ctc_gowt1_split_train`` frames 0-29 / ``ctc_gowt1_split_val`` 30-91, ``ctc_msc_split_train``
+    0-31 / ``ctc_msc_split_val`` 32-47: 18 / 12 and 11 / 7 frames with SEG) and ``synthetic_ctc`` (lazy)."""
     ctc_root = ctc_root or default_ctc_root()
     datasets_root = datasets_root or os.environ.get("DEEPCENS_DATASETS", "datasets")
     return [
@@ -585,6 +587,10 @@ def register_ctc_defaults(ctc_root: str | None = None, datasets_root: str | None
         register_ctc_dataset("ctc_sim_val", ctc_root, "Fluo-N2DH-SIM+", ["01"], "GT", frames=range(50, 65)),
         register_ctc_dataset("ctc_gowt1_train", ctc_root, "Fluo-N2DH-GOWT1", None, "GT"),
         register_ctc_dataset("ctc_msc_train", ctc_root, "Fluo-C2DL-MSC", None, "GT"),
+        register_ctc_dataset("ctc_gowt1_split_train", ctc_root, "Fluo-N2DH-GOWT1", ["01"], "GT", frames=range(0, 30)),
+        register_ctc_dataset("ctc_gowt1_split_val", ctc_root, "Fluo-N2DH-GOWT1", ["01"], "GT", frames=range(30, 92)),
+        register_ctc_dataset("ctc_msc_split_train", ctc_root, "Fluo-C2DL-MSC", ["01"], "GT", frames=range(0, 32)),
+        register_ctc_dataset("ctc_msc_split_val", ctc_root, "Fluo-C2DL-MSC", ["01"], "GT", frames=range(32, 48)),
         register_ctc_dataset("synthetic_ctc", os.path.join(datasets_root, "synthetic", "ctc"), "Synthetic-Cells", None, "GT"),
     ]
 

@@ -102,6 +102,22 @@ def tertiary_labels(
     return labels.astype(np.int32, copy=False)
 
 
+def object_scores(labels: np.ndarray, cell_score: np.ndarray) -> np.ndarray:
+    """Mean cell probability of each object ``1..labels.max()`` (the score ``decode_tertiary`` gives it)."""
+    count = int(labels.max()) if labels.size else 0
+    if not count:
+        return np.zeros(0, dtype=np.float64)
+    return np.asarray(ndimage.mean(np.asarray(cell_score, dtype=np.float64), labels, np.arange(1, count + 1)))
+
+
+def drop_low_score_objects(labels: np.ndarray, scores: np.ndarray, min_score: float) -> np.ndarray:
+    """``labels`` with the objects whose score (``object_scores``) is below ``min_score`` set to 0."""
+    if min_score <= 0 or not len(scores):
+        return labels
+    keep = np.concatenate([[True], np.asarray(scores) >= min_score])
+    return np.where(keep[labels], labels, 0).astype(labels.dtype, copy=False)
+
+
 def decode_tertiary(
     probabilities: np.ndarray | torch.Tensor,
     min_object_size: int = 0,
