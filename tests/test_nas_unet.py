@@ -167,6 +167,36 @@ def test_marker_watershed_decoder_returns_instances():
     instances = decode_marker_watershed(torch.as_tensor(probabilities))
     assert len(instances) == 2 and instances.pred_masks.shape == (2, 40, 60)
     assert torch.all(instances.scores > 0.9) and set(instances.pred_classes.tolist()) == {0}
+    faint = probabilities.copy()
+    faint[1, :, 28:] *= 0.6  # the right cell's probability drops to 0.6 (background texture)
+    faint[0] = 1 - faint[1]
+    assert len(decode_marker_watershed(torch.as_tensor(faint))) == 2
+    kept = decode_marker_watershed(torch.as_tensor(faint), min_score=0.7)
+    assert len(kept) == 1 and kept.pred_boxes.tensor[0, 0].item() < 20  # the left, confident cell
+
+
+def test_pair_mapper_applies_one_appearance_draw_to_both_frames(tmp_path):
+    from detectron2.config import get_cfg
+
+    from deepcens.config import add_deepcens_config
+    from deepcens.data.pair_mapper import FramePairMapper
+
+    cfg = get_cfg()
+    add_deepcens_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs", "nas", "nas_unet_sim_cpu.yaml"))
+    cfg.INPUT.DENSE.CROP_SIZE, cfg.INPUT.DENSE.CONTEXT_PAD = 32, 0
+    cfg.INPUT.DENSE.FLIP, cfg.INPUT.DENSE.ROTATE_90 = False, False
+    cfg.INPUT.NAS.REVERSE_PAIR, cfg.INPUT.NAS.AFFINE_PROB, cfg.INPUT.NAS.ELASTIC_PROB = False, 0.0, 0.0
+    frame = np.tile(np.linspace(0.1, 0.9, 32, dtype=np.float32), (32, 1))[:, :, None]
+    pair = np.concatenate([frame, frame], axis=2)
+    maps = [np.zeros((32, 32), np.uint8)]
+    plain = FramePairMapper(cfg, is_train=True)
+    same, _ = plain.augment_pair(pair, maps, [255], 32, np.random.RandomState(0))
+    np.testing.assert_array_equal(same, pair)  # no INPUT.DENSE.AUGMENT: pixels untouched
+    cfg.INPUT.DENSE.AUGMENT.PROBABILITY, cfg.INPUT.DENSE.AUGMENT.GAMMA = 1.0, (0.5, 2.0)
+    out, _ = FramePairMapper(cfg, is_train=True).augment_pair(pair, maps, [255], 32, np.random.RandomState(0))
+    assert not np.allclose(out, pair)
+    np.testing.assert_array_equal(out[:, :, 0], out[:, :, 1])  # both frames changed alike
 
 
 def test_targets_weight_map_and_markers():

@@ -12,7 +12,8 @@ channels.
 Training (paper Sec. 3.1): targets from the frame t labels, computed once per record and
 process (``MODEL.DENSE.TARGET`` classes with 255 = ignore for unlabelled cells of sparse GT,
 the U-Net weight map, markers); then a random square crop, flips, 90-degree rotations,
-random reversal of the pair, random affine and elastic deformation (``INPUT.NAS``) and the
+random reversal of the pair, random affine and elastic deformation (``INPUT.NAS``), the
+appearance augmentation of ``INPUT.DENSE.AUGMENT`` (one draw for both frames) and the
 context padding of ``INPUT.DENSE.CONTEXT_PAD`` (targets ignored there).
 """
 from __future__ import annotations
@@ -131,7 +132,8 @@ class FramePairMapper(DenseTargetMapper):
     # ---- augmentation ------------------------------------------------------------------------
     def augment_pair(self, image: np.ndarray, maps: list[np.ndarray], fills: list[float], crop: int,
                      rng: np.random.RandomState | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Crop, flips, rot90, pair reversal, affine + elastic warp, context padding (see module docstring)."""
+        """Crop, appearance (``INPUT.DENSE.AUGMENT``), flips, rot90, pair reversal, affine + elastic
+        warp, context padding (see module docstring)."""
         rng = rng or np.random
         if crop > 0:
             pad_h, pad_w = max(crop - image.shape[0], 0), max(crop - image.shape[1], 0)
@@ -142,6 +144,8 @@ class FramePairMapper(DenseTargetMapper):
             left = int(rng.randint(0, image.shape[1] - crop + 1))
             image = image[top:top + crop, left:left + crop]
             maps = [m[top:top + crop, left:left + crop] for m in maps]
+        if self.augmentation is not None and self.augmentation.active:
+            image = self.augmentation.appearance(image, rng)  # one draw for every frame of the pair
         if self.flip and rng.rand() < 0.5:
             image, maps = image[:, ::-1], [m[:, ::-1] for m in maps]
         if self.flip and rng.rand() < 0.5:

@@ -57,8 +57,9 @@ def marker_watershed(probability: np.ndarray, seeds: np.ndarray, foreground: np.
 def decode_marker_watershed(probabilities: np.ndarray | torch.Tensor, foreground_channels: Sequence[int] = (1,),
                             marker_channel: int = -1, foreground_threshold: float = 0.5,
                             marker_threshold: float = 0.5, min_seed_size: int = 0, min_object_size: int = 0,
-                            keep_unseeded: bool = True) -> Instances:
-    """``Instances`` (class 0, score = mean cell probability) from a ``(C, H, W)`` probability stack."""
+                            keep_unseeded: bool = True, min_score: float = 0.0) -> Instances:
+    """``Instances`` (class 0, score = mean cell probability) from a ``(C, H, W)`` probability stack;
+    objects scoring below ``min_score`` are dropped (faint background structures)."""
     if isinstance(probabilities, torch.Tensor):
         probabilities = probabilities.detach().float().cpu().numpy()
     probabilities = np.asarray(probabilities)
@@ -70,17 +71,19 @@ def decode_marker_watershed(probabilities: np.ndarray | torch.Tensor, foreground
                               min_object_size, keep_unseeded)
     ids = np.arange(1, int(labels.max()) + 1)
     scores = ndimage.mean(cell, labels, ids) if len(ids) else np.zeros(0)
-    return label_image_to_instances(labels, scores=np.asarray(scores, dtype=np.float32))
+    instances = label_image_to_instances(labels, scores=np.asarray(scores, dtype=np.float32))
+    return instances[instances.scores >= min_score] if min_score > 0 else instances
 
 
 @DECODER_REGISTRY.register()
 def marker_watershed_decoder(cfg: CfgNode) -> Callable[[torch.Tensor, str | None], Instances]:
-    """Marker watershed with ``MODEL.DENSE.WATERSHED.*`` and ``MODEL.DENSE.MIN_OBJECT_SIZE``."""
+    """Marker watershed with ``MODEL.DENSE.WATERSHED.*``, ``MODEL.DENSE.MIN_OBJECT_SIZE`` and
+    ``MODEL.DENSE.MIN_SCORE``."""
     w = cfg.MODEL.DENSE.WATERSHED
     settings = dict(foreground_channels=tuple(int(c) for c in w.FOREGROUND_CHANNELS), marker_channel=int(w.MARKER_CHANNEL),
                     foreground_threshold=float(w.FOREGROUND_THRESHOLD), marker_threshold=float(w.MARKER_THRESHOLD),
                     min_seed_size=int(w.MIN_SEED_SIZE), min_object_size=int(cfg.MODEL.DENSE.MIN_OBJECT_SIZE),
-                    keep_unseeded=bool(w.KEEP_UNSEEDED))
+                    keep_unseeded=bool(w.KEEP_UNSEEDED), min_score=float(cfg.MODEL.DENSE.MIN_SCORE))
 
     def decode(probabilities: torch.Tensor, dataset_name: str | None = None) -> Instances:
         return decode_marker_watershed(probabilities, **settings)
