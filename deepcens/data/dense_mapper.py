@@ -150,29 +150,51 @@ class DenseTargetMapper:
         rng = rng or np.random
         if self.augmentation is not None and self.augmentation.active:
             image, target = self.augmentation.rescale(image, target, rng)
-        if crop > 0:
-            pad_h, pad_w = max(crop - image.shape[0], 0), max(crop - image.shape[1], 0)
-            if pad_h or pad_w:  # image smaller than the crop: reflect, target ignored there
-                image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
-                target = np.pad(target, ((0, pad_h), (0, pad_w)), constant_values=self.ignore_value)
-            top = int(rng.randint(0, image.shape[0] - crop + 1))
-            left = int(rng.randint(0, image.shape[1] - crop + 1))
-            image = image[top:top + crop, left:left + crop]
-            target = target[top:top + crop, left:left + crop]
+        fills = [self.ignore_value]
+        image, (target,) = self.random_crop(image, [target], fills, crop, rng)
         if self.augmentation is not None and self.augmentation.active:
             image = self.augmentation.appearance(image, rng)
+        image, (target,) = self.flip_rotate(image, [target], rng)
+        image, (target,) = self.pad_context(image, [target], fills)
+        return np.ascontiguousarray(image), np.ascontiguousarray(target)
+
+    # The steps below take the image and a list of per-pixel maps (targets, weights) that move
+    # with it; ``fills`` is each map's value where the image is padded (ignore, zero weight).
+    @staticmethod
+    def random_crop(image: np.ndarray, maps: list[np.ndarray], fills: list[float], crop: int,
+                    rng) -> tuple[np.ndarray, list[np.ndarray]]:
+        """A random ``crop`` x ``crop`` square (0 = none); an image smaller than the crop is first
+        reflected to size, its maps filled there."""
+        if crop <= 0:
+            return image, maps
+        pad_h, pad_w = max(crop - image.shape[0], 0), max(crop - image.shape[1], 0)
+        if pad_h or pad_w:
+            image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+            maps = [np.pad(m, ((0, pad_h), (0, pad_w)), constant_values=f) for m, f in zip(maps, fills)]
+        top = int(rng.randint(0, image.shape[0] - crop + 1))
+        left = int(rng.randint(0, image.shape[1] - crop + 1))
+        return image[top:top + crop, left:left + crop], [m[top:top + crop, left:left + crop] for m in maps]
+
+    def flip_rotate(self, image: np.ndarray, maps: list[np.ndarray], rng) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Random horizontal and vertical flips (``INPUT.DENSE.FLIP``) and a random multiple of 90
+        degrees (``INPUT.DENSE.ROTATE_90``)."""
         if self.flip and rng.rand() < 0.5:
-            image, target = image[:, ::-1], target[:, ::-1]
+            image, maps = image[:, ::-1], [m[:, ::-1] for m in maps]
         if self.flip and rng.rand() < 0.5:
-            image, target = image[::-1], target[::-1]
+            image, maps = image[::-1], [m[::-1] for m in maps]
         if self.rotate:
             k = int(rng.randint(0, 4))
-            image, target = np.rot90(image, k, axes=(0, 1)), np.rot90(target, k, axes=(0, 1))
-        if self.context_pad > 0:
-            p = self.context_pad
-            image = np.pad(image, ((p, p), (p, p), (0, 0)), mode="reflect" if min(image.shape[:2]) > p else "symmetric")
-            target = np.pad(target, ((p, p), (p, p)), constant_values=self.ignore_value)
-        return np.ascontiguousarray(image), np.ascontiguousarray(target)
+            image, maps = np.rot90(image, k, axes=(0, 1)), [np.rot90(m, k, axes=(0, 1)) for m in maps]
+        return image, maps
+
+    def pad_context(self, image: np.ndarray, maps: list[np.ndarray],
+                    fills: list[float]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``INPUT.DENSE.CONTEXT_PAD`` pixels of reflected context around the image, maps filled there."""
+        p = self.context_pad
+        if p <= 0:
+            return image, maps
+        image = np.pad(image, ((p, p), (p, p), (0, 0)), mode="reflect" if min(image.shape[:2]) > p else "symmetric")
+        return image, [np.pad(m, ((p, p), (p, p)), constant_values=f) for m, f in zip(maps, fills)]
 
     def __call__(self, dataset_dict: dict) -> dict:
         record = {k: v for k, v in dataset_dict.items() if k != "annotations"}

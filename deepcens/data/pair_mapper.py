@@ -135,24 +135,10 @@ class FramePairMapper(DenseTargetMapper):
         """Crop, appearance (``INPUT.DENSE.AUGMENT``), flips, rot90, pair reversal, affine + elastic
         warp, context padding (see module docstring)."""
         rng = rng or np.random
-        if crop > 0:
-            pad_h, pad_w = max(crop - image.shape[0], 0), max(crop - image.shape[1], 0)
-            if pad_h or pad_w:
-                image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
-                maps = [np.pad(m, ((0, pad_h), (0, pad_w)), constant_values=f) for m, f in zip(maps, fills)]
-            top = int(rng.randint(0, image.shape[0] - crop + 1))
-            left = int(rng.randint(0, image.shape[1] - crop + 1))
-            image = image[top:top + crop, left:left + crop]
-            maps = [m[top:top + crop, left:left + crop] for m in maps]
+        image, maps = self.random_crop(image, maps, fills, crop, rng)
         if self.augmentation is not None and self.augmentation.active:
             image = self.augmentation.appearance(image, rng)  # one draw for every frame of the pair
-        if self.flip and rng.rand() < 0.5:
-            image, maps = image[:, ::-1], [m[:, ::-1] for m in maps]
-        if self.flip and rng.rand() < 0.5:
-            image, maps = image[::-1], [m[::-1] for m in maps]
-        if self.rotate:
-            k = int(rng.randint(0, 4))
-            image, maps = np.rot90(image, k, axes=(0, 1)), [np.rot90(m, k) for m in maps]
+        image, maps = self.flip_rotate(image, maps, rng)
         if self.reverse and rng.rand() < 0.5:
             c = image.shape[2] // self.frames
             image = np.concatenate([image[:, :, i * c:(i + 1) * c] for i in reversed(range(self.frames))], axis=2)
@@ -164,10 +150,7 @@ class FramePairMapper(DenseTargetMapper):
                 image = image[:, :, None]
             maps = [cv2.remap(np.ascontiguousarray(m), map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
                               borderValue=f) for m, f in zip(maps, fills)]
-        if self.context_pad > 0:
-            p = self.context_pad
-            image = np.pad(image, ((p, p), (p, p), (0, 0)), mode="reflect" if min(image.shape[:2]) > p else "symmetric")
-            maps = [np.pad(m, ((p, p), (p, p)), constant_values=f) for m, f in zip(maps, fills)]
+        image, maps = self.pad_context(image, maps, fills)
         return np.ascontiguousarray(image), [np.ascontiguousarray(m) for m in maps]
 
     def __call__(self, dataset_dict: dict) -> dict:
