@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import Callable
 
 import numpy as np
 import torch
@@ -37,21 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=list(TABLE2_DECODERS), choices=list(TABLE2_DECODERS))
 
 
-def _ms_per_call(step: Callable[[], object], iters: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    """(wall ms, process CPU ms) per call after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start, start_cpu = time.perf_counter(), time.process_time()
-    for _ in range(iters):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    calls = max(iters, 1)
-    return 1000.0 * (time.perf_counter() - start) / calls, 1000.0 * (time.process_time() - start_cpu) / calls
-
-
 def _slices(size: int, seed: int = 0) -> np.ndarray:
     """Three deterministic neighbouring slices with blob-shaped cells (z-1, z, z+1)."""
     rng = np.random.default_rng(seed)
@@ -67,6 +51,7 @@ def _slices(size: int, seed: int = 0) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> dict:
     """Time each model of ``args.models``; returns figures in ms per slice beside the paper's."""
+    from deepcens.benchmarks.timing import time_calls
     from deepcens.data.pseudocolor import pseudocolor_image
     from deepcens.modeling.dense.efficientcellseg import EfficientCellSegModel, count_parameters
     from deepcens.postprocess.ecs_decoders import distance_watershed_labels
@@ -85,7 +70,8 @@ def run(args: argparse.Namespace) -> dict:
         torch.manual_seed(0)
         model = EfficientCellSegModel(TABLE2_DECODERS[name]).to(device).eval()
         with torch.no_grad():
-            network_ms, network_cpu_ms = _ms_per_call(lambda: model(x), args.iters, args.warmup, device)
+            network_s, network_cpu_s = time_calls(lambda: model(x), args.iters, args.warmup, device)
+            network_ms, network_cpu_ms = (1000.0 * v / max(args.iters, 1) for v in (network_s, network_cpu_s))
             maps = torch.sigmoid(model(x))[0].cpu().numpy()
         start = time.perf_counter()
         distance_watershed_labels(maps[0])

@@ -17,7 +17,6 @@ import itertools
 import multiprocessing
 import os
 import resource
-import time
 from typing import Callable
 
 import torch
@@ -105,6 +104,7 @@ def measure(spec: dict) -> dict:
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
+    from deepcens.benchmarks.timing import time_calls
     from deepcens.engine.loops import build_train_loop
 
     if spec["threads"]:
@@ -125,17 +125,7 @@ def measure(spec: dict) -> dict:
     def timed(step: Callable[[], None]) -> float:
         """Seconds for ``spec["iters"]`` calls of ``step`` after ``spec["warmup"]`` untimed ones
         (CUDA peak memory counted from the first timed call)."""
-        for _ in range(spec["warmup"]):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        for _ in range(spec["iters"]):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return time_calls(step, spec["iters"], spec["warmup"], device, reset_peak_memory=True)[0]
 
     def train_step() -> None:
         loop.run_step()
