@@ -81,14 +81,18 @@ class DenseSegmentor(nn.Module):
         return self.inference(batched_inputs)
 
     # ---- training ----------------------------------------------------------------------------
-    def losses(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
-        """Loss dict for a batch of mapped training inputs (``image`` + ``target``)."""
+    def pad_batch(self, batched_inputs: list[dict], tensors: list[torch.Tensor], value: float = 0.0) -> torch.Tensor:
+        """``tensors`` (one per input) padded with ``value`` at bottom / right to the batch's largest
+        ``image`` rounded up to ``size_divisibility``, and stacked."""
         height = _round_up(max(x["image"].shape[-2] for x in batched_inputs), self.size_divisibility)
         width = _round_up(max(x["image"].shape[-1] for x in batched_inputs), self.size_divisibility)
-        images = torch.stack([_pad_to(x["image"].to(self.device, torch.float32), height, width, "constant")
-                              for x in batched_inputs])
-        targets = torch.stack([_pad_to(x["target"].to(self.device, torch.long), height, width, "constant",
-                                       self.ignore_value) for x in batched_inputs])
+        return torch.stack([_pad_to(t, height, width, "constant", value) for t in tensors])
+
+    def losses(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
+        """Loss dict for a batch of mapped training inputs (``image`` + ``target``)."""
+        images = self.pad_batch(batched_inputs, [x["image"].to(self.device, torch.float32) for x in batched_inputs])
+        targets = self.pad_batch(batched_inputs, [x["target"].to(self.device, torch.long) for x in batched_inputs],
+                                 self.ignore_value)
         return self.criterion(self.network(images), targets)
 
     # ---- inference ---------------------------------------------------------------------------
@@ -140,12 +144,7 @@ class DenseSegmentor(nn.Module):
             raise ValueError(f"the decoder {type(self.decoder).__name__} cannot label volumes (no labels())")
         maps = []
         for item in slices:
-            probabilities = self.predict_probabilities(item["image"])
-            out_h, out_w = int(item.get("height", probabilities.shape[-2])), int(item.get("width", probabilities.shape[-1]))
-            if (out_h, out_w) != tuple(probabilities.shape[-2:]):
-                probabilities = F.interpolate(probabilities[None], size=(out_h, out_w), mode="bilinear",
-                                              align_corners=False)[0]
-            maps.append(probabilities.cpu())
+            maps.append(self.output_probabilities(item).cpu())
         if not maps:
             raise ValueError("predict_volume needs at least one slice")
         if self.volume_decoding:

@@ -52,16 +52,10 @@ class EfficientCellSegSegmentor(DenseSegmentor):
 
     # ---- training ----------------------------------------------------------------------------
     def losses(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
-        height = _round_up(max(x["image"].shape[-2] for x in batched_inputs), self.size_divisibility)
-        width = _round_up(max(x["image"].shape[-1] for x in batched_inputs), self.size_divisibility)
-        images = torch.stack([_pad_to(x["image"].to(self.device, torch.float32), height, width, "constant")
-                              for x in batched_inputs])
-        targets = []
-        for x in batched_inputs:
-            target = x["target"].to(self.device, torch.float32)
-            targets.append(_pad_to(target if target.dim() == 3 else target[None], height, width, "constant",
-                                   self.ignore_value))
-        return self.criterion(self.network(images), torch.stack(targets))
+        images = self.pad_batch(batched_inputs, [x["image"].to(self.device, torch.float32) for x in batched_inputs])
+        targets = [x["target"].to(self.device, torch.float32) for x in batched_inputs]
+        targets = self.pad_batch(batched_inputs, [t if t.dim() == 3 else t[None] for t in targets], self.ignore_value)
+        return self.criterion(self.network(images), targets)
 
     # ---- inference ---------------------------------------------------------------------------
     def _maps(self, x: torch.Tensor) -> torch.Tensor:

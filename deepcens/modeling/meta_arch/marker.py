@@ -15,7 +15,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from torch.nn import functional as F
 
 from deepcens.modeling import marker_loss  # noqa: F401  (registers the segmentation_marker loss)
-from deepcens.modeling.meta_arch.dense import DenseSegmentor, _pad_to, _round_up
+from deepcens.modeling.meta_arch.dense import DenseSegmentor
 
 
 @META_ARCH_REGISTRY.register()
@@ -27,12 +27,8 @@ class MarkerSegmentor(DenseSegmentor):
         return torch.cat([F.softmax(segmentation, dim=1), torch.sigmoid(markers)], dim=1)
 
     def losses(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
-        height = _round_up(max(x["image"].shape[-2] for x in batched_inputs), self.size_divisibility)
-        width = _round_up(max(x["image"].shape[-1] for x in batched_inputs), self.size_divisibility)
-
         def stack(key: str, dtype: torch.dtype, value: float) -> torch.Tensor:
-            return torch.stack([_pad_to(x[key].to(self.device, dtype), height, width, "constant", value)
-                                for x in batched_inputs])
+            return self.pad_batch(batched_inputs, [x[key].to(self.device, dtype) for x in batched_inputs], value)
 
         images = stack("image", torch.float32, 0.0)
         targets = {"segmentation": stack("target", torch.long, self.ignore_value),
