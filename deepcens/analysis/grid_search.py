@@ -211,17 +211,12 @@ def grid_search_datasets(
     return {"metric": metric, "rows": rows, "best": _best(rows, metric, requirements)}
 
 
-def predict_probabilities(cfg, dataset_name: str) -> tuple[list[np.ndarray], list[dict]]:
-    """Run the dense model of ``cfg`` over ``dataset_name``; keep every image's scores.
-
-    The meta-architecture must expose ``output_probabilities(mapped_input)`` (softmax scores at
-    the original image size, what its decoder receives), as ``DenseSegmentor`` does. Scores
-    are kept as float16 to bound memory.
-    """
-    from detectron2.data import DatasetCatalog, build_detection_test_loader
+def load_dense_model(cfg) -> torch.nn.Module:
+    """The model of ``cfg`` with ``MODEL.WEIGHTS``, in eval mode; refused unless it exposes
+    ``output_probabilities(mapped_input)`` (softmax scores at the original image size, what its
+    decoder receives), as ``DenseSegmentor`` does."""
     from detectron2.modeling import build_model
 
-    from deepcens.data.mappers import build_mapper
     from deepcens.engine.weights import load_inference_weights
 
     model = build_model(cfg)
@@ -229,7 +224,18 @@ def predict_probabilities(cfg, dataset_name: str) -> tuple[list[np.ndarray], lis
         raise DeepcensInputError(None, f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE} gives no per-pixel "
                                  "probabilities (output_probabilities): the grid search needs a dense model")
     load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_unsafe=cfg.RUN.ALLOW_UNSAFE_CHECKPOINTS)
-    model.eval()
+    return model.eval()
+
+
+def predict_probabilities(cfg, dataset_name: str,
+                          model: torch.nn.Module | None = None) -> tuple[list[np.ndarray], list[dict]]:
+    """Run the dense model of ``cfg`` (or ``model``, from :func:`load_dense_model`) over
+    ``dataset_name``; keep every image's scores, as float16 to bound memory."""
+    from detectron2.data import DatasetCatalog, build_detection_test_loader
+
+    from deepcens.data.mappers import build_mapper
+
+    model = model if model is not None else load_dense_model(cfg)
     dicts = DatasetCatalog.get(dataset_name)
     loader = build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, False))
     recorded: list[np.ndarray] = []
@@ -293,8 +299,9 @@ def run(args: argparse.Namespace) -> int:
     min_scores = args.min_scores if args.min_scores is not None else [float(cfg.MODEL.DENSE.MIN_SCORE)]
     start = time.perf_counter()
     per_dataset, images = {}, {}
+    model = load_dense_model(cfg)  # once for every data set
     for name in names:
-        probabilities, dicts = predict_probabilities(cfg, name)
+        probabilities, dicts = predict_probabilities(cfg, name, model)
         per_dataset[name] = (probabilities, [reference_labels(d) for d in dicts])
         images[name] = len(dicts)
     inference_s = time.perf_counter() - start
